@@ -1,0 +1,4 @@
+"""Serving side: reads the model repository, preprocesses inputs, runs onnxruntime.
+
+Never imports torch or sklearn.
+"""

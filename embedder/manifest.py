@@ -1,0 +1,164 @@
+"""manifest.json: the contract between export and serving.
+
+The server reads only the manifest and the ONNX files it names. Everything a user would ask
+about a model (where the weights came from, how inputs are preprocessed, how exact the export
+is) is recorded here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ManifestError
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """Resize the shorter side, centre-crop, feed RGB uint8 NHWC; normalisation is in the graph."""
+
+    size: tuple[int, int]  # (height, width) fed to the graph
+    resize_shorter: int
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # applied in-graph, 0..1 scale
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    channel_order: str = "RGB"
+    layout: str = "NHWC"
+    dtype: str = "uint8"
+    kind: Literal["image"] = "image"
+
+
+@dataclass(frozen=True)
+class TextPreprocess:
+    """Tokenise with tokenizer.json, truncate to max_length, pad to the longest in the batch."""
+
+    tokenizer_file: str = "tokenizer.json"
+    max_length: int = 256
+    truncation: bool = True
+    lowercase: bool = False  # recorded for users; the tokenizer itself applies it
+    kind: Literal["text"] = "text"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    package: str  # the pip package that carries the weights (or "local" / "hub")
+    version: str
+    file: str
+    sha256: str
+    licence: str
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A reduced-precision copy of model.onnx and how close it stays to fp32."""
+
+    file: str
+    sha256: str
+    precision: Literal["fp16", "int8"]
+    cosine_to_fp32_min: float
+    cosine_to_fp32_mean: float
+    intended_for: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    modality: Literal["image", "text"]
+    inputs: tuple[TensorSpec, ...]
+    output: TensorSpec
+    dim: int
+    preprocess: ImagePreprocess | TextPreprocess
+    layer: str  # where the backbone was cut
+    pooling: str
+    normalized: bool  # L2-normalised inside the graph
+    opset: int
+    file: str
+    sha256: str
+    source: WeightSource
+    parity_max_abs_diff: float
+    export_seconds: float
+    exported_at: str
+    variants: dict[str, Variant] = field(default_factory=dict)
+    sanity_top1: dict[str, int] = field(default_factory=dict)  # photo -> ImageNet class index
+    schema: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    def write(self, folder: str | Path) -> Path:
+        path = Path(folder) / MANIFEST_NAME
+        path.write_text(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Manifest:
+        try:
+            pre = dict(raw["preprocess"])
+            if pre["kind"] == "image":
+                pre["size"] = tuple(pre["size"])
+                pre["mean"], pre["std"] = tuple(pre["mean"]), tuple(pre["std"])
+                preprocess: ImagePreprocess | TextPreprocess = ImagePreprocess(**pre)
+            else:
+                preprocess = TextPreprocess(**pre)
+            return cls(
+                **{
+                    **raw,
+                    "inputs": tuple(_tensor(t) for t in raw["inputs"]),
+                    "output": _tensor(raw["output"]),
+                    "preprocess": preprocess,
+                    "source": WeightSource(**raw["source"]),
+                    "variants": {k: Variant(**v) for k, v in raw.get("variants", {}).items()},
+                }
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ManifestError(f"malformed manifest ({exc!r}); re-export the model") from exc
+
+    @classmethod
+    def read(cls, folder: str | Path) -> Manifest:
+        path = Path(folder) / MANIFEST_NAME
+        if not path.is_file():
+            raise ManifestError(f"{path} not found; every model version needs a manifest.json")
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
+        return cls.from_dict(raw)
+
+    def verify(self, folder: str | Path) -> None:
+        """Refuse a model whose files do not match the digests recorded at export."""
+        files = {self.file: self.sha256} | {v.file: v.sha256 for v in self.variants.values()}
+        for name, expected in files.items():
+            path = Path(folder) / name
+            if not path.is_file():
+                raise ManifestError(f"{path} is named in the manifest but missing")
+            if (actual := sha256_file(path)) != expected:
+                raise ManifestError(
+                    f"{path} sha256 {actual[:12]}... does not match the manifest's "
+                    f"{expected[:12]}...; the file is corrupt or was replaced - re-export it"
+                )
+
+
+def _tensor(raw: dict[str, Any]) -> TensorSpec:
+    return TensorSpec(name=raw["name"], dtype=raw["dtype"], shape=tuple(raw["shape"]))

@@ -1,0 +1,97 @@
+"""Input preprocessing driven by the manifest: the same code runs at export, serving and batch time.
+
+Images: decode -> apply EXIF orientation -> RGB -> resize the shorter side -> centre crop ->
+uint8 HWC. Normalisation is not done here; it lives inside the ONNX graph.
+Texts: tokenizer.json via `tokenizers`, truncation to the manifest's max length, padding to the
+longest item of the batch.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import InputError
+from .manifest import ImagePreprocess, TextPreprocess
+
+DEFAULT_MAX_PIXELS = 40_000_000
+
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode encoded bytes to an RGB image, refusing decompression bombs before decoding."""
+    if not data:
+        raise InputError("empty image bytes")
+    try:
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if width * height > max_pixels:
+            raise InputError(
+                f"image is {width}x{height} = {width * height} pixels, over the limit of "
+                f"{max_pixels}; downscale it or raise max_pixels"
+            )
+        img = ImageOps.exif_transpose(img)
+        return img.convert("RGB")
+    except InputError:
+        raise
+    except Exception as exc:  # PIL raises many types for corrupt or truncated data
+        raise InputError(f"cannot decode image: {exc}") from exc
+
+
+def resize_and_crop(img: Image.Image, cfg: ImagePreprocess) -> np.ndarray:
+    """Resize so the shorter side is cfg.resize_shorter, then centre-crop to cfg.size."""
+    width, height = img.size
+    scale = cfg.resize_shorter / min(width, height)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    img = img.resize((new_w, new_h), _RESAMPLE[cfg.interpolation])
+    out_h, out_w = cfg.size
+    if new_w < out_w or new_h < out_h:
+        raise InputError(f"resized image {new_w}x{new_h} is smaller than the crop {out_w}x{out_h}")
+    left, top = (new_w - out_w) // 2, (new_h - out_h) // 2
+    return np.asarray(img.crop((left, top, left + out_w, top + out_h)), dtype=np.uint8)
+
+
+def image_to_pixels(img: Image.Image | np.ndarray, cfg: ImagePreprocess) -> np.ndarray:
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img)
+    return resize_and_crop(img.convert("RGB"), cfg)
+
+
+def preprocess_image_bytes(
+    data: bytes, cfg: ImagePreprocess, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    return resize_and_crop(decode_image(data, max_pixels), cfg)
+
+
+class TextTokenizer:
+    """Wraps a `tokenizers.Tokenizer` with the manifest's truncation and batch padding."""
+
+    def __init__(self, tokenizer_path: str | Path, cfg: TextPreprocess):
+        from tokenizers import Tokenizer
+
+        self.cfg = cfg
+        self._tok = Tokenizer.from_file(str(tokenizer_path))
+        self._tok.no_padding()
+        if cfg.truncation:
+            self._tok.enable_truncation(max_length=cfg.max_length)
+        else:
+            self._tok.no_truncation()
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise InputError(f"item {i}: empty text")
+        encodings = self._tok.encode_batch(texts)
+        longest = max(len(e.ids) for e in encodings)
+        if not self.cfg.truncation and longest > self.cfg.max_length:
+            raise InputError(f"text of {longest} tokens is over max_length {self.cfg.max_length}")
+        ids = np.zeros((len(texts), longest), dtype=np.int64)
+        mask = np.zeros((len(texts), longest), dtype=np.int64)
+        for row, enc in enumerate(encodings):
+            ids[row, : len(enc.ids)] = enc.ids
+            mask[row, : len(enc.ids)] = 1
+        return {"input_ids": ids, "attention_mask": mask}

@@ -1,0 +1,182 @@
+"""The export pipeline: backbone -> ONNX -> checks -> variants -> manifest, published atomically.
+
+Everything is written to a hidden temporary folder next to the target and renamed into place
+only when every check has passed, so a failed or interrupted export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from embedder.manifest import Manifest, TensorSpec, sha256_file
+
+from .config import PretrainedCfg
+from .errors import ParityError, SanityCheckError, UnknownLayerError, VersionExistsError
+from .registry import resolve
+from .samples import SAMPLE_SENTENCES, sample_pixels
+from .variants import build_variant
+from .weights import weight_source
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    name: str  # registered backbone name
+    repo: Path = Path("models")
+    version: str = "1"
+    layer: str | None = None  # None: the pooled penultimate features
+    output_name: str | None = None  # folder name in the repository; defaults to `name`
+    variants: tuple[str, ...] = ()
+    overwrite: bool = False
+    parity_tolerance: float = 1e-4
+    check_sanity: bool = True
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    manifest: Manifest
+    folder: Path
+    size_bytes: int
+    extra: dict = field(default_factory=dict)
+
+
+def sample_inputs(backbone) -> dict[str, np.ndarray]:
+    if backbone.modality == "image":
+        return {"pixels": sample_pixels(backbone.preprocess)[1]}
+    from embedder.preprocess import TextTokenizer
+
+    tokenizer_path = backbone.extra_files[backbone.preprocess.tokenizer_file]
+    return TextTokenizer(tokenizer_path, backbone.preprocess)(list(SAMPLE_SENTENCES))
+
+
+def check_parity(
+    session, backbone, inputs, layer: str, tolerance: float
+) -> tuple[np.ndarray, float]:
+    """ONNX Runtime vs the source model on real inputs, and batch-of-one vs full batch."""
+    ours = session.run(["features"], inputs)[0]
+    diff = float(np.abs(ours - backbone.reference(inputs, layer)).max())
+    single = session.run(["features"], {k: v[:1] for k, v in inputs.items()})[0]
+    batch_diff = float(np.abs(single - ours[:1]).max())
+    if not diff <= tolerance or not batch_diff <= tolerance:
+        raise ParityError(
+            f"ONNX output differs from the source model by {diff:.2e} (batch-of-one vs batch: "
+            f"{batch_diff:.2e}), over the tolerance {tolerance:.0e}; the export is wrong - "
+            "nothing was written"
+        )
+    return ours, diff
+
+
+def check_sanity(backbone, pcfg: PretrainedCfg) -> dict[str, int]:
+    """With the original head, the bundled photos must get plausible ImageNet labels."""
+    if pcfg.sanity is None:
+        return {}
+    names, pixels = sample_pixels(backbone.preprocess)
+    logits = backbone.logits(pixels)
+    if logits is None:
+        return {}
+    top1 = dict(zip(names, logits.argmax(1).tolist(), strict=True))
+    wrong = {n: top1[n] for n, ok in pcfg.sanity.expected.items() if top1[n] not in ok}
+    if wrong:
+        raise SanityCheckError(
+            f"{pcfg.name}: the pretrained head labels {wrong} (ImageNet class indices), expected "
+            f"{ {n: sorted(v) for n, v in pcfg.sanity.expected.items()} }; the weights are "
+            "loaded wrongly or are not the ImageNet weights"
+        )
+    return {n: top1[n] for n in pcfg.sanity.expected}
+
+
+def input_specs(backbone) -> tuple[TensorSpec, ...]:
+    if backbone.modality == "image":
+        h, w = backbone.preprocess.size
+        return (TensorSpec("pixels", "uint8", ("batch", h, w, 3)),)
+    return tuple(
+        TensorSpec(n, "int64", ("batch", "sequence")) for n in ("input_ids", "attention_mask")
+    )
+
+
+def _publish(staging: Path, target: Path, overwrite: bool) -> None:
+    staging.chmod(0o755)  # mkdtemp creates it private
+    if not target.exists():
+        staging.rename(target)
+        return
+    if not overwrite:
+        raise VersionExistsError(f"{target} exists; pass --overwrite to replace it")
+    old = target.with_name(f".{target.name}.replaced-{time.time_ns()}")
+    target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old)
+
+
+def export_backbone(
+    config: ExportConfig, backbone=None, pretrained_cfg: PretrainedCfg | None = None
+) -> ExportResult:
+    """Export `config.name` (or the given backbone and its cfg) into `repo/<name>/<version>/`."""
+    started = time.perf_counter()
+    default_name = pretrained_cfg.name if pretrained_cfg else config.name.replace(":", "_")
+    name = config.output_name or default_name
+    target = Path(config.repo) / name / config.version
+    if target.exists() and not config.overwrite:
+        raise VersionExistsError(f"{target} exists; pass --overwrite to replace it")
+    if backbone is None:  # built only after the cheap checks: loading weights takes seconds
+        backbone, pretrained_cfg = resolve(config.name)
+    pcfg = pretrained_cfg
+    layer = config.layer or backbone.default_layer
+    if layer is None or layer not in backbone.layers():
+        raise UnknownLayerError(layer, backbone.layers())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{config.version}.partial-", dir=target.parent))
+    try:
+        manifest = _export_into(staging, config, pcfg, backbone, layer, name, started)
+        _publish(staging, target, config.overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    size = sum(p.stat().st_size for p in target.iterdir())
+    return ExportResult(manifest=manifest, folder=target, size_bytes=size)
+
+
+def _export_into(staging, config, pcfg, backbone, layer, name, started) -> Manifest:
+    import onnxruntime as ort
+
+    model_path = staging / "model.onnx"
+    backbone.export_onnx(model_path, layer)
+    onnx.checker.check_model(str(model_path))
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    inputs = sample_inputs(backbone)
+    features, diff = check_parity(session, backbone, inputs, layer, config.parity_tolerance)
+    is_default_cut = layer == backbone.default_layer
+    sanity = check_sanity(backbone, pcfg) if config.check_sanity and is_default_cut else {}
+    variants = {v: build_variant(v, staging, inputs, features) for v in config.variants}
+    for filename, src in backbone.extra_files.items():
+        shutil.copyfile(src, staging / filename)
+    model = onnx.load(str(model_path), load_external_data=False)
+    manifest = Manifest(
+        name=name,
+        version=config.version,
+        modality=backbone.modality,
+        inputs=input_specs(backbone),
+        output=TensorSpec("features", "float32", ("batch", int(features.shape[1]))),
+        dim=int(features.shape[1]),
+        preprocess=backbone.preprocess,
+        layer=layer,
+        pooling=backbone.pooling(layer),
+        normalized=bool(backbone.normalized),
+        opset=next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+        file=model_path.name,
+        sha256=sha256_file(model_path),
+        source=weight_source(pcfg.weights),
+        parity_max_abs_diff=diff,
+        export_seconds=round(time.perf_counter() - started, 2),
+        exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        variants=variants,
+        sanity_top1=sanity,
+    )
+    manifest.write(staging)
+    return manifest

@@ -1,0 +1,37 @@
+"""Real inputs for parity and sanity checks, from packages that ship them (nothing downloads)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from embedder.manifest import ImagePreprocess
+
+SAMPLE_SENTENCES = (
+    "A cup of espresso on a wooden table.",
+    "The cat is sleeping on the sofa.",
+    "Stock markets fell sharply after the central bank raised interest rates.",
+    "The striker scored twice in the second half to win the cup final.",
+    "Astronauts prepare for a launch to the international space station.",
+    "Short.",
+)
+
+
+def sample_photos() -> dict[str, np.ndarray]:
+    """RGB uint8 photos: skimage's coffee, chelsea, astronaut, rocket; sklearn's china, flower."""
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    photos = {name: getattr(skimage.data, name)() for name in ("coffee", "chelsea", "astronaut")}
+    photos["rocket"] = skimage.data.rocket()
+    bunch = load_sample_images()
+    for filename, image in zip(bunch.filenames, bunch.images, strict=True):
+        photos[filename.rsplit("/", 1)[-1].split(".")[0]] = image
+    return photos
+
+
+def sample_pixels(cfg: ImagePreprocess) -> tuple[list[str], np.ndarray]:
+    """The sample photos preprocessed exactly as the server will: (N, H, W, 3) uint8."""
+    from embedder.preprocess import image_to_pixels
+
+    photos = sample_photos()
+    return list(photos), np.stack([image_to_pixels(img, cfg) for img in photos.values()])

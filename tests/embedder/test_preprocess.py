@@ -1,0 +1,58 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from embedder.errors import InputError
+from embedder.manifest import ImagePreprocess
+from embedder.preprocess import preprocess_image_bytes
+
+CFG = ImagePreprocess(size=(32, 32), resize_shorter=36)
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P"])
+def test_formats_and_modes_become_rgb_uint8(fmt, mode):
+    if fmt == "JPEG" and mode in ("RGBA", "P"):
+        pytest.skip("JPEG has no alpha or palette")
+    img = Image.new("RGB", (60, 40), (200, 30, 10)).convert(mode)
+    out = preprocess_image_bytes(_encode(img, fmt), CFG)
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (60, 40))
+    img.paste((255, 0, 0), (0, 0, 30, 40))  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display: the red half ends on top
+    out = preprocess_image_bytes(_encode(img, "PNG", exif=exif), ImagePreprocess((36, 36), 36))
+    assert out[2, 18, 0] > 200 and out[-3, 18, 0] < 50
+
+
+def test_resize_shorter_then_centre_crop():
+    img = Image.new("RGB", (100, 50), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 10, 50))  # a white band at the far left is cropped away
+    out = preprocess_image_bytes(_encode(img, "PNG"), ImagePreprocess((36, 36), 36))
+    assert out.max() == 0
+
+
+def test_decompression_bomb_refused_before_decoding():
+    data = _encode(Image.new("L", (5000, 5000)), "PNG")  # tiny file, 25 Mpx once decoded
+    assert len(data) < 100_000
+    with pytest.raises(InputError, match="over the limit"):
+        preprocess_image_bytes(data, CFG, max_pixels=1_000_000)
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"not an image", _encode(Image.new("RGB", (50, 50)), "JPEG")[:200]]
+)
+def test_undecodable_bytes(data):
+    with pytest.raises(InputError):
+        preprocess_image_bytes(data, CFG)

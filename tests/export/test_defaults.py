@@ -1,0 +1,90 @@
+"""The real default backbones: parity, sanity of the pretrained weights, variants."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from embedder.manifest import Manifest
+from export import ExportConfig, export_backbone
+from export.errors import SanityCheckError
+from export.registry import get_pretrained_cfg
+from export.samples import sample_pixels
+
+pytestmark = pytest.mark.slow
+
+EXPECTED = {  # name: (modality, dim, default layer)
+    "mobilenet_v2": ("image", 1280, "features.18"),
+    "efficientnet_lite0": ("image", 1280, "head"),
+    "minilm_l6": ("text", 384, "encoder.layer.5"),
+    "dinov2_small": ("image", 384, "layernorm"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_default_export_parity_and_manifest(default_repo, name):
+    folder = default_repo / name / "1"
+    m = Manifest.read(folder)
+    m.verify(folder)
+    assert (m.modality, m.dim, m.layer) == EXPECTED[name]
+    assert m.parity_max_abs_diff <= 1e-4
+    assert m.source.sha256 == get_pretrained_cfg(name).weights.sha256
+    assert m.variants["fp16"].cosine_to_fp32_min > 0.999
+    assert m.variants["int8"].cosine_to_fp32_min > 0.85  # dynamic int8 costs CNNs accuracy
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0"])
+def test_imagenet_sanity_recorded(default_repo, name):
+    top1 = Manifest.read(default_repo / name / "1").sanity_top1
+    assert top1["coffee"] == 967  # espresso
+
+
+def test_minilm_matches_sentence_transformers(default_repo):
+    from sentence_transformers import SentenceTransformer
+
+    from embedder.preprocess import TextTokenizer
+    from export.samples import SAMPLE_SENTENCES
+    from export.weights import weights_file
+
+    folder = default_repo / "minilm_l6" / "1"
+    m = Manifest.read(folder)
+    inputs = TextTokenizer(folder / "tokenizer.json", m.preprocess)(list(SAMPLE_SENTENCES))
+    ours = ort.InferenceSession(str(folder / "model.onnx")).run(["features"], inputs)[0]
+    model_dir = weights_file(get_pretrained_cfg("minilm_l6").weights).parent
+    reference = SentenceTransformer(str(model_dir), device="cpu").encode(list(SAMPLE_SENTENCES))
+    np.testing.assert_allclose(ours, reference, atol=1e-4)
+
+
+def test_dinov2_features_separate_cats_from_coffee(default_repo):
+    """The cut ViT is a real feature extractor: the cat photo is nearer the cat than the rocket."""
+    folder = default_repo / "dinov2_small" / "1"
+    m = Manifest.read(folder)
+    names, pixels = sample_pixels(m.preprocess)
+    feats = ort.InferenceSession(str(folder / "model.onnx")).run(["features"], {"pixels": pixels})
+    f = feats[0] / np.linalg.norm(feats[0], axis=1, keepdims=True)
+    sim = f @ f.T
+    i = {n: k for k, n in enumerate(names)}
+    assert sim[i["chelsea"], i["chelsea"]] > 0.99
+    assert sim[i["china"], i["flower"]] < sim[i["china"], i["china"]]
+
+
+def test_wrong_weights_fail_the_sanity_check(tmp_path):
+    """A randomly initialised MobileNetV2 must not pass as the ImageNet model."""
+    import torch
+
+    from export.mobilenet_v2 import MobileNetV2
+    from export.torch_image import TorchImageBackbone
+
+    torch.manual_seed(0)
+    model = MobileNetV2().eval()
+    cfg = get_pretrained_cfg("mobilenet_v2")
+    stages = [(f"features.{i}", m) for i, m in enumerate(model.features)]
+    backbone = TorchImageBackbone(stages, cfg.preprocess, classifier=model.classifier[1])
+    with pytest.raises(SanityCheckError, match="weights"):
+        export_backbone(ExportConfig("mobilenet_v2", repo=tmp_path), backbone, cfg)
+    assert list((tmp_path / "mobilenet_v2").iterdir()) == []
+
+
+def test_efficientnet_lite2_exports_at_260px(tmp_path):
+    m = export_backbone(ExportConfig("efficientnet_lite2", repo=tmp_path)).manifest
+    assert m.inputs[0].shape == ("batch", 260, 260, 3)
+    assert m.parity_max_abs_diff <= 1e-4 and m.sanity_top1["coffee"] == 967

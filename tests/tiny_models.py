@@ -1,0 +1,81 @@
+"""Tiny models for fast tests: built in code, no pretrained weights."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def tiny_cnn() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(16, 24, 3, padding=1), nn.ReLU()),
+    )
+    for m in model.modules():  # non-trivial BN statistics so normalisation matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+class TinyViT(nn.Module):
+    """Patchify + CLS token + two MLP blocks: an ONNX graph with token outputs to cut."""
+
+    def __init__(self, dim: int = 16, patch: int = 8, num_classes: int = 5):
+        super().__init__()
+        torch.manual_seed(0)
+        self.patchify = nn.Conv2d(3, dim, patch, stride=patch)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
+        self.block0 = nn.Sequential(nn.Linear(dim, dim), nn.GELU())
+        self.block1 = nn.Sequential(nn.Linear(dim, dim), nn.GELU())
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patchify(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], dim=1)
+        tokens = tokens + self.block0(tokens)
+        tokens = tokens + self.block1(tokens)
+        return self.head(self.norm(tokens)[:, 0])
+
+
+def export_tiny_vit(path, size: int = 32) -> None:
+    model = TinyViT().eval()
+    torch.onnx.export(
+        model,
+        (torch.randn(2, 3, size, size),),
+        str(path),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+
+
+def save_tiny_bert(folder) -> None:
+    """A 2-layer, 32-wide BERT with random weights and a WordPiece tokenizer.json."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel
+
+    words = "the a cat dog sat on mat stock market fell rose goal scored cup of coffee".split()
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tok.save(str(folder / "tokenizer.json"))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(config).eval().save_pretrained(str(folder))
