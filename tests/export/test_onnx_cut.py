@@ -57,5 +57,5 @@ def test_layers_listed_and_unknown_tensor_refused(vit_onnx, tmp_path):
     with pytest.raises(UnknownLayerError, match="no/such/tensor"):
         export_backbone(ExportConfig("vit", repo=tmp_path, layer="no/such/tensor"), backbone, cfg)
     assert not (tmp_path / "vit").exists()
-    with pytest.raises(UnknownLayerError, match="no cut layer given"):  # no cut named: refuse to guess
+    with pytest.raises(UnknownLayerError, match="no cut layer given"):
         export_backbone(ExportConfig("vit", repo=tmp_path), backbone, cfg)
