@@ -11,3 +11,19 @@ class ManifestError(EmbedderError):
 
 class InputError(EmbedderError, ValueError):
     """An input item cannot be preprocessed (undecodable image, empty text, too large)."""
+
+
+class ModelNotFoundError(EmbedderError, LookupError):
+    """No loaded model has this name / version."""
+
+
+class QueueFullError(EmbedderError):
+    """The model's batching queue is full; retry with backoff or raise max_queue_size."""
+
+
+class DeadlineExceededError(EmbedderError):
+    """The request's deadline passed before its batch could run."""
+
+
+class NotReadyError(EmbedderError):
+    """The server is still loading or warming up its models."""

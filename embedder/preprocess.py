@@ -81,17 +81,29 @@ class TextTokenizer:
         else:
             self._tok.no_truncation()
 
-    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+    def encode(self, texts: list[str]) -> list[np.ndarray]:
+        """Token ids per text, truncated, unpadded (batches are padded when they are formed)."""
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise InputError(f"item {i}: empty text")
-        encodings = self._tok.encode_batch(texts)
-        longest = max(len(e.ids) for e in encodings)
-        if not self.cfg.truncation and longest > self.cfg.max_length:
-            raise InputError(f"text of {longest} tokens is over max_length {self.cfg.max_length}")
-        ids = np.zeros((len(texts), longest), dtype=np.int64)
-        mask = np.zeros((len(texts), longest), dtype=np.int64)
-        for row, enc in enumerate(encodings):
-            ids[row, : len(enc.ids)] = enc.ids
-            mask[row, : len(enc.ids)] = 1
-        return {"input_ids": ids, "attention_mask": mask}
+        ids = [np.asarray(e.ids, dtype=np.int64) for e in self._tok.encode_batch(texts)]
+        for i, row in enumerate(ids):
+            if len(row) > self.cfg.max_length:
+                raise InputError(
+                    f"item {i}: {len(row)} tokens, over max_length {self.cfg.max_length}"
+                )
+        return ids
+
+    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
+        return pad_token_ids(self.encode(texts))
+
+
+def pad_token_ids(rows: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Pad to the longest row: input_ids and attention_mask, int64."""
+    longest = max(len(r) for r in rows)
+    ids = np.zeros((len(rows), longest), dtype=np.int64)
+    mask = np.zeros((len(rows), longest), dtype=np.int64)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return {"input_ids": ids, "attention_mask": mask}

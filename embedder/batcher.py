@@ -1,0 +1,162 @@
+"""Dynamic batching per model: items from concurrent requests ride together in one run.
+
+A batch goes as soon as it is full or its oldest item has waited `max_queue_delay_ms`. One
+batch runs at a time per model, so while it runs the next one fills. A full queue refuses at
+once (RESOURCE_EXHAUSTED) instead of letting latency grow without bound; a request whose
+deadline has passed is dropped before compute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import BatchingConfig
+from .errors import DeadlineExceededError, QueueFullError
+
+
+@dataclass
+class BatchStats:
+    queue_ms: float
+    inference_ms: float
+    batch_items: int
+
+
+@dataclass
+class _Job:
+    arrays: list[np.ndarray]
+    future: asyncio.Future
+    deadline: float | None  # time.monotonic()
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        name: str,
+        run: Callable[[dict[str, np.ndarray]], np.ndarray],
+        collate: Callable[[list[np.ndarray]], dict[str, np.ndarray]],
+        config: BatchingConfig,
+        on_batch: Callable[[int, float], None] | None = None,
+    ):
+        self.name, self._run, self._collate, self.config = name, run, collate, config
+        self._on_batch = on_batch
+        self._jobs: deque[_Job] = deque()
+        self._queued_items = 0
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._loop(), name=f"batcher-{self.name}"
+        )
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    async def submit(
+        self, arrays: list[np.ndarray], deadline: float | None = None
+    ) -> tuple[np.ndarray, BatchStats]:
+        """Embed `arrays` (one per item); split into chunks of at most max_batch_size."""
+        size = self.config.max_batch_size
+        if self._queued_items + len(arrays) > self.config.max_queue_size:
+            raise QueueFullError(
+                f"model {self.name!r} has {self._queued_items} items queued (limit "
+                f"{self.config.max_queue_size}); retry with backoff"
+            )
+        loop = asyncio.get_running_loop()
+        jobs = [
+            _Job(arrays[i : i + size], loop.create_future(), deadline)
+            for i in range(0, len(arrays), size)
+        ]
+        for job in jobs:
+            self._jobs.append(job)
+            self._queued_items += len(job.arrays)
+        self._wakeup.set()
+        try:
+            results = await asyncio.gather(*(job.future for job in jobs))
+        except BaseException:
+            for job in jobs:
+                job.future.cancel()
+            raise
+        stats = [s for _, s in results]
+        merged = BatchStats(
+            queue_ms=max(s.queue_ms for s in stats),
+            inference_ms=sum(s.inference_ms for s in stats),
+            batch_items=max(s.batch_items for s in stats),
+        )
+        return np.concatenate([r for r, _ in results]), merged
+
+    async def _next_batch(self) -> list[_Job]:
+        while not self._jobs:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        limit, delay = self.config.max_batch_size, self.config.max_queue_delay_ms / 1000
+        while sum(len(j.arrays) for j in self._jobs) < limit:
+            remaining = self._jobs[0].enqueued + delay - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
+        batch, items = [], 0
+        while self._jobs and items + len(self._jobs[0].arrays) <= limit:
+            job = self._jobs.popleft()
+            self._queued_items -= len(job.arrays)
+            items += len(job.arrays)
+            batch.append(job)
+        return batch
+
+    def _live(self, batch: list[_Job]) -> list[_Job]:
+        now, live = time.monotonic(), []
+        for job in batch:
+            if job.future.done():  # cancelled by its caller
+                continue
+            if job.deadline is not None and now > job.deadline:
+                job.future.set_exception(
+                    DeadlineExceededError("the deadline passed while the request was queued")
+                )
+                continue
+            live.append(job)
+        return live
+
+    def _collate_and_run(self, arrays: list[np.ndarray]) -> np.ndarray:
+        return self._run(self._collate(arrays))
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = self._live(await self._next_batch())
+            if not batch:
+                continue
+            started = time.monotonic()
+            arrays = [a for job in batch for a in job.arrays]
+            try:
+                out = await loop.run_in_executor(self._executor, self._collate_and_run, arrays)
+            except Exception as exc:  # a failed run fails its batch, never the loop
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            inference_ms = (time.monotonic() - started) * 1000
+            if self._on_batch:
+                self._on_batch(len(arrays), inference_ms)
+            offset = 0
+            for job in batch:
+                n = len(job.arrays)
+                stats = BatchStats((started - job.enqueued) * 1000, inference_ms, len(arrays))
+                if not job.future.done():
+                    job.future.set_result((out[offset : offset + n], stats))
+                offset += n

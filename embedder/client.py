@@ -1,0 +1,167 @@
+"""Python clients (sync and asyncio) that send items and return numpy arrays.
+
+with EmbedderClient("127.0.0.1:50051") as client:
+    vectors = client.embed_texts("minilm_l6", ["a sentence", "another"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from protos.embedder.v1 import embedder_pb2 as pb
+from protos.embedder.v1 import embedder_pb2_grpc as pb_grpc
+
+ImageInput = bytes | str | Path | np.ndarray
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    embeddings: np.ndarray  # (N, D) float32
+    ids: list[str]
+    cache_hits: list[bool]
+    timing: pb.Timing
+
+
+def image_item(image: ImageInput, item_id: str = "") -> pb.Item:
+    """Encoded bytes, a file path, or an already preprocessed uint8 (H, W, 3) array."""
+    if isinstance(image, np.ndarray):
+        arr = np.ascontiguousarray(image)
+        tensor = pb.Tensor(data=arr.astype(arr.dtype.newbyteorder("<")).tobytes(),
+                           shape=list(arr.shape), dtype=arr.dtype.name)  # fmt: skip
+        return pb.Item(id=item_id, tensor=tensor)
+    if isinstance(image, str | Path):
+        return pb.Item(id=item_id or str(image), image=Path(image).read_bytes())
+    return pb.Item(id=item_id, image=bytes(image))
+
+
+def embed_request(model: str, items: Sequence[pb.Item], version: str = "", normalize=False,
+                  truncate_dim: int = 0, request_id: str = "") -> pb.EmbedRequest:  # fmt: skip
+    options = pb.EmbedOptions(normalize=normalize, truncate_dim=truncate_dim)
+    return pb.EmbedRequest(model=model, version=version, items=items, options=options,
+                           request_id=request_id)  # fmt: skip
+
+
+class StreamItemError(Exception):
+    """An EmbedStream response that carries an error instead of embeddings."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(f"{code.name}: {message}")
+        self.code, self.message = code, message
+
+
+def decode(response: pb.EmbedResponse) -> EmbedResult:
+    if response.HasField("error"):
+        codes = {c.value[0]: c for c in grpc.StatusCode}
+        raise StreamItemError(codes.get(response.error.code, grpc.StatusCode.UNKNOWN),
+                              response.error.message)  # fmt: skip
+    embeddings = np.frombuffer(response.embeddings, dtype="<f4").reshape(tuple(response.shape))
+    return EmbedResult(embeddings, list(response.ids), list(response.cache_hits), response.timing)
+
+
+def _channel_args(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes)]  # fmt: skip
+
+
+def _credentials(token: str | None, root_cert: bytes | None):
+    if root_cert is None:
+        return None
+    creds = grpc.ssl_channel_credentials(root_certificates=root_cert)
+    if token:
+        creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
+    return creds
+
+
+def _chunks(seq: Sequence, size: int) -> Iterable[Sequence]:
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
+
+
+class EmbedderClient:
+    def __init__(self, target: str, token: str | None = None, root_cert: bytes | None = None,
+                 timeout: float | None = 60.0, max_message_bytes: int = 64 << 20):  # fmt: skip
+        creds = _credentials(token, root_cert)
+        args = _channel_args(max_message_bytes)
+        self.channel = (grpc.secure_channel(target, creds, args) if creds
+                        else grpc.insecure_channel(target, args))  # fmt: skip
+        self.stub = pb_grpc.EmbedderStub(self.channel)
+        # Without TLS the token travels as plain metadata (loopback / trusted networks only).
+        self.metadata = [("authorization", f"Bearer {token}")] if token and not creds else None
+        self.timeout = timeout
+
+    def __enter__(self) -> EmbedderClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def list_models(self) -> list[pb.ModelInfo]:
+        return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout,
+                                          metadata=self.metadata).models)  # fmt: skip
+
+    def embed(self, request: pb.EmbedRequest) -> EmbedResult:
+        return decode(self.stub.Embed(request, timeout=self.timeout, metadata=self.metadata))
+
+    def _embed_items(
+        self, model: str, items: list[pb.Item], batch_size: int, **options
+    ) -> np.ndarray:
+        parts = [self.embed(embed_request(model, chunk, **options)).embeddings
+                 for chunk in _chunks(items, batch_size)]  # fmt: skip
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+    def embed_texts(
+        self, model: str, texts: Sequence[str], batch_size: int = 64, **options
+    ) -> np.ndarray:
+        return self._embed_items(model, [pb.Item(text=t) for t in texts], batch_size, **options)
+
+    def embed_images(
+        self, model: str, images: Sequence[ImageInput], batch_size: int = 32, **options
+    ) -> np.ndarray:
+        return self._embed_items(model, [image_item(im) for im in images], batch_size, **options)
+
+
+class AsyncEmbedderClient:
+    """The asyncio twin of EmbedderClient (grpc.aio)."""
+
+    def __init__(self, target: str, token: str | None = None, root_cert: bytes | None = None,
+                 timeout: float | None = 60.0, max_message_bytes: int = 64 << 20):  # fmt: skip
+        creds = _credentials(token, root_cert)
+        args = _channel_args(max_message_bytes)
+        self.channel = (grpc.aio.secure_channel(target, creds, args) if creds
+                        else grpc.aio.insecure_channel(target, args))  # fmt: skip
+        self.stub = pb_grpc.EmbedderStub(self.channel)
+        self.metadata = [("authorization", f"Bearer {token}")] if token and not creds else None
+        self.timeout = timeout
+
+    async def __aenter__(self) -> AsyncEmbedderClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def list_models(self) -> list[pb.ModelInfo]:
+        response = await self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout,
+                                              metadata=self.metadata)  # fmt: skip
+        return list(response.models)
+
+    async def embed(self, request: pb.EmbedRequest) -> EmbedResult:
+        return decode(await self.stub.Embed(request, timeout=self.timeout, metadata=self.metadata))
+
+    async def embed_texts(self, model: str, texts: Sequence[str], **options) -> np.ndarray:
+        items = [pb.Item(text=t) for t in texts]
+        return (await self.embed(embed_request(model, items, **options))).embeddings
+
+    async def embed_images(self, model: str, images: Sequence[ImageInput], **options) -> np.ndarray:
+        items = [image_item(im) for im in images]
+        return (await self.embed(embed_request(model, items, **options))).embeddings

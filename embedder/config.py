@@ -1,0 +1,37 @@
+"""Server configuration: one frozen dataclass, filled from CLI flags in `embedder-serve`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Provider = Literal["auto", "cpu", "cuda", "tensorrt"]
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 2.0  # how long a lone item waits for company
+    max_queue_size: int = 1024  # items waiting per model; beyond it: RESOURCE_EXHAUSTED
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    repository: Path = Path("models")
+    address: str = "127.0.0.1:50051"
+    provider: Provider = "auto"
+    cpu_precision: Literal["fp32", "int8"] = "fp32"  # int8 only where the variant exists
+    intra_op_threads: int = 0  # 0: onnxruntime's default (one per core)
+    preprocess_threads: int = max(2, os.cpu_count() or 2)
+    batching: BatchingConfig = BatchingConfig()
+    max_items_per_request: int = 256
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    metrics_port: int | None = None  # Prometheus /metrics on this port when set
+    auth_token: str | None = None  # require "authorization: Bearer <token>" when set
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    drain_seconds: float = 10.0  # grace period for in-flight requests on SIGTERM
+    warmup: bool = True

@@ -1,0 +1,31 @@
+"""Prometheus metrics, on their own registry so several servers can live in one process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+_MS_BUCKETS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "embedder_requests", "RPCs handled", ["method"], registry=self.registry
+        )
+        self.errors = Counter(
+            "embedder_errors", "RPCs that ended in an error", ["method", "code"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.items = Counter("embedder_items", "items embedded", ["model"], registry=self.registry)
+        self.batch_size = Histogram(
+            "embedder_batch_items", "items per inference batch", ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry,
+        )  # fmt: skip
+        self.stage_ms = Histogram(
+            "embedder_stage_milliseconds", "time per stage", ["model", "stage"],
+            buckets=_MS_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+
+    def serve(self, port: int, address: str = "127.0.0.1") -> None:
+        start_http_server(port, addr=address, registry=self.registry)

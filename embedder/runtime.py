@@ -1,0 +1,96 @@
+"""onnxruntime sessions: provider selection, the file to serve for it, and the run call.
+
+The provider really in use is read back from `session.get_providers()`: onnxruntime-gpu falls
+back to CPU silently when CUDA cannot start, and a server must not claim a GPU it is not using.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import Provider, ServerConfig
+from .errors import EmbedderError
+from .manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+
+
+class ProviderError(EmbedderError):
+    """The requested execution provider is not available or did not start."""
+
+
+def provider_chain(requested: Provider, available: list[str]) -> list[str]:
+    if requested == "cpu":
+        return [CPU]
+    chain = [
+        p for p in (TENSORRT, CUDA) if p in available and (p != TENSORRT or requested == "tensorrt")
+    ]
+    if requested in ("cuda", "tensorrt") and CUDA not in chain:
+        raise ProviderError(
+            f"provider {requested!r} requested but onnxruntime offers {available}; install "
+            "onnxruntime-gpu[cuda,cudnn] (and remove onnxruntime) on a machine with an NVIDIA GPU"
+        )
+    return [*chain, CPU]
+
+
+def model_file(manifest: Manifest, on_gpu: bool, cpu_precision: str) -> tuple[str, str]:
+    """(file, precision): fp16 on a GPU when exported, int8 on CPU when asked and exported."""
+    wanted = "fp16" if on_gpu else cpu_precision
+    if wanted in manifest.variants:
+        return manifest.variants[wanted].file, wanted
+    return manifest.file, "fp32"
+
+
+@dataclass(eq=False)  # identity-hashed: the service keys its per-model state by session
+class ModelSession:
+    manifest: Manifest
+    folder: Path
+    session: object  # onnxruntime.InferenceSession
+    providers: list[str]
+    precision: str
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.providers[0] in (CUDA, TENSORRT)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if not self.on_gpu:
+            return self.session.run(["features"], feeds)[0]
+        # IO binding: inputs copied to the device once, output fetched once.
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        binding.bind_output("features", "cpu")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+
+def open_session(folder: Path, manifest: Manifest, config: ServerConfig) -> ModelSession:
+    import onnxruntime as ort
+
+    chain = provider_chain(config.provider, ort.get_available_providers())
+    if chain[0] != CPU and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()  # CUDA / cuDNN from their pip packages
+    filename, precision = model_file(manifest, chain[0] != CPU, config.cpu_precision)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = config.intra_op_threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(folder / filename), options, providers=chain)
+    in_use = session.get_providers()
+    if config.provider in ("cuda", "tensorrt") and CUDA not in in_use:
+        raise ProviderError(
+            f"{manifest.name}: CUDA was requested but the session runs on {in_use}; check the "
+            "driver, CUDA 13 and cuDNN 9 (onnxruntime logs the reason above)"
+        )
+    if precision == "fp16" and in_use[0] == CPU:  # fell back: serve fp32 on the CPU instead
+        filename, precision = manifest.file, "fp32"
+        session = ort.InferenceSession(str(folder / filename), options, providers=[CPU])
+        in_use = session.get_providers()
+    log.info("%s/%s: %s on %s", manifest.name, manifest.version, filename, in_use)
+    return ModelSession(manifest, folder, session, in_use, precision)

@@ -1,0 +1,111 @@
+"""The grpc.aio server: models, health, reflection, metrics, graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from protos.embedder.v1 import embedder_pb2 as pb
+from protos.embedder.v1 import embedder_pb2_grpc as pb_grpc
+
+from .config import ServerConfig
+from .errors import EmbedderError
+from .interceptors import BearerTokenInterceptor, ErrorMappingInterceptor
+from .metrics import Metrics
+from .repository import ModelRepository
+from .service import EmbedderService
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Embedder"].full_name
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+class EmbedderServer:
+    """Start with `await start()`, stop with `await stop()`; `port` is the bound port."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.metrics = Metrics()
+        self.health = health.aio.HealthServicer()
+        self.repository: ModelRepository | None = None
+        self.service = EmbedderService(config, self.metrics)
+        self.server: grpc.aio.Server | None = None
+        self.port: int = 0
+
+    def _credentials(self):
+        c = self.config
+        if c.tls_cert is None and c.tls_key is None:
+            return None
+        if c.tls_cert is None or c.tls_key is None:
+            raise EmbedderError("TLS needs both --tls-cert and --tls-key")
+        pair = (c.tls_key.read_bytes(), c.tls_cert.read_bytes())
+        return grpc.ssl_server_credentials([pair])
+
+    async def start(self) -> int:
+        c = self.config
+        interceptors = [ErrorMappingInterceptor(self.metrics)]
+        if c.auth_token:
+            interceptors.insert(0, BearerTokenInterceptor(c.auth_token))
+        options = [
+            ("grpc.max_receive_message_length", c.max_message_bytes),
+            ("grpc.max_send_message_length", c.max_message_bytes),
+        ]
+        self.server = grpc.aio.server(interceptors=interceptors, options=options)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        pb_grpc.add_EmbedderServicer_to_server(self.service, self.server)
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, NOT_SERVING)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        credentials = self._credentials()
+        if credentials:
+            self.port = self.server.add_secure_port(c.address, credentials)
+        else:
+            self.port = self.server.add_insecure_port(c.address)
+        await self.server.start()  # health answers NOT_SERVING while models load and warm up
+        loop = asyncio.get_running_loop()
+        self.repository = await loop.run_in_executor(None, ModelRepository.load, c)
+        if not self.repository.models:
+            await self.server.stop(None)
+            raise EmbedderError(
+                f"no servable model in {c.repository} (refused: {self.repository.refused}); "
+                "export one with embedder-export"
+            )
+        self.service.attach(self.repository)
+        if c.warmup:
+            await loop.run_in_executor(None, self.service.warm_up)
+        self.service.start()
+        if c.metrics_port is not None:
+            self.metrics.serve(c.metrics_port, c.address.rsplit(":", 1)[0].strip("[]"))
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, SERVING)
+        log.info("serving %d model(s) on port %d", len(self.service.models), self.port)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health goes NOT_SERVING, in-flight RPCs get `grace` seconds to finish, then exit."""
+        await self.health.enter_graceful_shutdown()
+        if self.server:
+            await self.server.stop(self.config.drain_seconds if grace is None else grace)
+        await self.service.close()
+
+
+async def serve_forever(config: ServerConfig) -> None:
+    server = EmbedderServer(config)
+    await server.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    print(f"embedder-serve: listening on port {server.port}", flush=True)
+    await stopping.wait()
+    log.info("draining (up to %.0f s)", config.drain_seconds)
+    await server.stop()

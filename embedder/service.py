@@ -1,0 +1,200 @@
+"""The embedder.v1.Embedder servicer: requests in, preprocessing off the event loop, batcher."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+
+from protos.embedder.v1 import embedder_pb2 as pb
+from protos.embedder.v1 import embedder_pb2_grpc as pb_grpc
+
+from .batcher import DynamicBatcher
+from .config import ServerConfig
+from .errors import InputError, NotReadyError
+from .inputs import Preprocessor, RawItem, tensor_from_bytes
+from .metrics import Metrics
+from .repository import ModelRepository
+from .runtime import ModelSession
+
+
+class LoadedModel:
+    """A session with its preprocessor and batcher."""
+
+    def __init__(self, session: ModelSession, config: ServerConfig, metrics: Metrics):
+        m = session.manifest
+        self.session, self.key = session, f"{m.name}/{m.version}"
+        self.preprocessor = Preprocessor(m, session.folder, config.max_image_pixels)
+
+        def on_batch(items: int, inference_ms: float) -> None:
+            metrics.batch_size.labels(self.key).observe(items)
+            metrics.stage_ms.labels(self.key, "inference").observe(inference_ms)
+
+        self.batcher = DynamicBatcher(
+            self.key, session.run, self.preprocessor.collate, config.batching, on_batch
+        )
+
+    def warm_up(self) -> None:
+        m = self.session.manifest
+        if m.modality == "text":
+            arrays = self.preprocessor.texts(["warm up the encoder"])
+        else:
+            arrays = [np.zeros((*m.preprocess.size, 3), np.uint8)]
+        self.session.run(self.preprocessor.collate(arrays * 2))
+
+
+def raw_item(index: int, item: pb.Item) -> RawItem:
+    kind = item.WhichOneof("input")
+    if kind is None:
+        raise InputError(f"item {index}: no input; set image, text or tensor")
+    if kind == "tensor":
+        t = item.tensor
+        return RawItem("tensor", tensor_from_bytes(t.data, list(t.shape), t.dtype, index))
+    return RawItem(kind, getattr(item, kind))
+
+
+def finish(embeddings: np.ndarray, options: pb.EmbedOptions) -> np.ndarray:
+    """Truncate to the first k dimensions, then L2-normalise if asked."""
+    k = options.truncate_dim
+    if k:
+        if k > embeddings.shape[1]:
+            raise InputError(
+                f"truncate_dim {k} is over the model's dimension {embeddings.shape[1]}"
+            )
+        embeddings = embeddings[:, :k]
+    if options.normalize:
+        norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+        embeddings = embeddings / np.maximum(norms, 1e-12)
+    return np.ascontiguousarray(embeddings, dtype="<f4")
+
+
+def model_info(model: LoadedModel, config: ServerConfig) -> pb.ModelInfo:
+    m, b = model.session.manifest, config.batching
+    return pb.ModelInfo(
+        name=m.name, version=m.version, modality=m.modality, dim=m.dim, layer=m.layer,
+        pooling=m.pooling, normalized=m.normalized, providers=model.session.providers,
+        precision=model.session.precision,
+        batching=pb.BatchingLimits(
+            max_batch_size=b.max_batch_size, max_queue_delay_ms=b.max_queue_delay_ms,
+            max_queue_size=b.max_queue_size, max_items_per_request=config.max_items_per_request,
+            max_message_bytes=config.max_message_bytes, max_image_pixels=config.max_image_pixels,
+        ),
+        preprocess_json=json.dumps(asdict(m.preprocess)), manifest_json=m.to_json(),
+    )  # fmt: skip
+
+
+class EmbedderService(pb_grpc.EmbedderServicer):
+    """Registered before the server starts; `attach` gives it the models once they are loaded."""
+
+    def __init__(self, config: ServerConfig, metrics: Metrics):
+        self.config, self.metrics = config, metrics
+        self.repository: ModelRepository | None = None
+        self.models: dict[ModelSession, LoadedModel] = {}
+        self._pool = ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="preprocess")
+
+    def attach(self, repository: ModelRepository) -> None:
+        self.models = {s: LoadedModel(s, self.config, self.metrics) for s in repository.all()}
+        self.repository = repository
+
+    def start(self) -> None:
+        for model in self.models.values():
+            model.batcher.start()
+
+    def warm_up(self) -> None:
+        for model in self.models.values():
+            model.warm_up()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(m.batcher.close() for m in self.models.values()))
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _model(self, name: str, version: str) -> LoadedModel:
+        if self.repository is None:
+            raise NotReadyError("the server is still loading its models; retry shortly")
+        return self.models[self.repository.get(name, version)]
+
+    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(
+            models=[model_info(m, self.config) for m in self.models.values()]
+        )
+
+    async def GetModel(self, request: pb.GetModelRequest, context) -> pb.ModelInfo:
+        return model_info(self._model(request.model, request.version), self.config)
+
+    async def Embed(self, request: pb.EmbedRequest, context) -> pb.EmbedResponse:
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        return await self.embed(request, deadline)
+
+    async def EmbedStream(self, requests, context):
+        """Requests are processed concurrently, answered in order; errors go in the response."""
+        pending: asyncio.Queue[asyncio.Task | None] = asyncio.Queue(maxsize=64)
+
+        async def produce() -> None:
+            async for request in requests:
+                await pending.put(asyncio.ensure_future(self.embed(request, None)))
+            await pending.put(None)
+
+        producer = asyncio.ensure_future(produce())
+        try:
+            while (task := await pending.get()) is not None:
+                yield await self._stream_answer(task)
+            await producer
+        finally:
+            producer.cancel()
+
+    async def _stream_answer(self, task: asyncio.Task) -> pb.EmbedResponse:
+        from .interceptors import status_for
+
+        try:
+            return await task
+        except Exception as exc:
+            code = status_for(exc)
+            self.metrics.errors.labels("EmbedStream/item", code.name).inc()
+            return pb.EmbedResponse(error=pb.Error(code=code.value[0], message=str(exc)))
+
+    async def embed(self, request: pb.EmbedRequest, deadline: float | None) -> pb.EmbedResponse:
+        started = time.monotonic()
+        model = self._model(request.model, request.version)
+        n = len(request.items)
+        if n == 0:
+            raise InputError("empty request: send at least one item")
+        if n > self.config.max_items_per_request:
+            limit = self.config.max_items_per_request
+            raise InputError(f"{n} items, over the limit of {limit} per request; split it")
+        arrays = await self._preprocess(model, request.items)
+        preprocess_ms = (time.monotonic() - started) * 1000
+        embeddings, stats = await model.batcher.submit(arrays, deadline)
+        out = finish(embeddings, request.options)
+        self.metrics.items.labels(model.key).inc(n)
+        self.metrics.stage_ms.labels(model.key, "preprocess").observe(preprocess_ms)
+        self.metrics.stage_ms.labels(model.key, "queue").observe(stats.queue_ms)
+        m = model.session.manifest
+        return pb.EmbedResponse(
+            model=m.name, version=m.version, embeddings=out.tobytes(), shape=list(out.shape),
+            ids=[item.id or str(i) for i, item in enumerate(request.items)],
+            cache_hits=[False] * n, request_id=request.request_id,
+            timing=pb.Timing(
+                queue_ms=stats.queue_ms, preprocess_ms=preprocess_ms,
+                inference_ms=stats.inference_ms, batch_items=stats.batch_items,
+                total_ms=(time.monotonic() - started) * 1000,
+            ),
+        )  # fmt: skip
+
+    async def _preprocess(self, model: LoadedModel, items) -> list[np.ndarray]:
+        raw = [raw_item(i, item) for i, item in enumerate(items)]
+        for i, item in enumerate(raw):
+            model.preprocessor.check_modality(i, item)
+        loop = asyncio.get_running_loop()
+        pre = model.preprocessor
+        if model.session.manifest.modality == "text":
+            return await loop.run_in_executor(self._pool, pre.texts, [r.value for r in raw])
+        jobs: list[Any] = [
+            loop.run_in_executor(self._pool, pre.image, i, r) for i, r in enumerate(raw)
+        ]
+        return list(await asyncio.gather(*jobs))

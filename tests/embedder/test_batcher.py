@@ -1,0 +1,111 @@
+"""The dynamic batcher with a real onnxruntime session underneath."""
+
+import asyncio
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from embedder.batcher import DynamicBatcher
+from embedder.config import BatchingConfig
+from embedder.errors import DeadlineExceededError, QueueFullError
+
+
+@pytest.fixture
+def session(tiny_repo):
+    return ort.InferenceSession(str(tiny_repo / "tiny_image" / "1" / "model.onnx"))
+
+
+def make(session, calls, **cfg):
+    def run(feeds):
+        calls.append(len(feeds["pixels"]))
+        return session.run(["features"], feeds)[0]
+
+    def collate(arrays):
+        return {"pixels": np.stack(arrays)}
+
+    return DynamicBatcher("tiny", run, collate, BatchingConfig(**cfg))
+
+
+def items(n, seed=0):
+    return list(np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
+
+
+def test_concurrent_requests_share_a_batch_and_get_their_own_rows(session):
+    async def main():
+        calls = []
+        b = make(session, calls, max_batch_size=32, max_queue_delay_ms=50)
+        b.start()
+        requests = [items(1, seed=i) for i in range(8)]
+        results = await asyncio.gather(*(b.submit(r) for r in requests))
+        await b.close()
+        return calls, requests, results
+
+    calls, requests, results = asyncio.run(main())
+    assert calls == [8]  # one run for eight single-item requests
+    for req, (out, stats) in zip(requests, results, strict=True):
+        expected = session.run(["features"], {"pixels": np.stack(req)})[0]
+        np.testing.assert_allclose(out, expected, atol=1e-5)
+        assert stats.batch_items == 8
+
+
+def test_large_request_split_into_max_batch_chunks(session):
+    async def main():
+        calls = []
+        b = make(session, calls, max_batch_size=4, max_queue_delay_ms=1)
+        b.start()
+        out, _ = await b.submit(items(10))
+        await b.close()
+        return calls, out
+
+    calls, out = asyncio.run(main())
+    assert calls == [4, 4, 2] and out.shape == (10, 24)
+    np.testing.assert_allclose(
+        out, session.run(["features"], {"pixels": np.stack(items(10))})[0], atol=1e-5
+    )
+
+
+def test_expired_deadline_dropped_before_compute(session):
+    async def main():
+        calls = []
+        b = make(session, calls, max_batch_size=8, max_queue_delay_ms=30)
+        b.start()
+        late = b.submit(items(2), deadline=time.monotonic() + 0.005)  # expires while queued
+        on_time = b.submit(items(3), deadline=time.monotonic() + 10)
+        results = await asyncio.gather(late, on_time, return_exceptions=True)
+        await b.close()
+        return calls, results
+
+    calls, (late, on_time) = asyncio.run(main())
+    assert isinstance(late, DeadlineExceededError)
+    assert on_time[0].shape == (3, 24) and calls == [3]
+
+
+def test_full_queue_refuses_immediately(session):
+    async def main():
+        b = make(session, [], max_batch_size=2, max_queue_delay_ms=1000, max_queue_size=3)
+        b.start()
+        first = asyncio.ensure_future(b.submit(items(3)))
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFullError, match="3 items queued"):
+            await b.submit(items(1))
+        await asyncio.wait_for(first, 5)
+        await b.close()
+
+    asyncio.run(main())
+
+
+def test_a_failing_run_fails_its_batch_not_the_loop(session):
+    async def main():
+        b = DynamicBatcher(
+            "x", lambda feeds: 1 / 0, lambda a: a, BatchingConfig(max_queue_delay_ms=1)
+        )
+        b.start()
+        with pytest.raises(ZeroDivisionError):
+            await b.submit(items(1))
+        with pytest.raises(ZeroDivisionError):  # the loop is still alive and answering
+            await b.submit(items(1))
+        await b.close()
+
+    asyncio.run(main())

@@ -1,0 +1,75 @@
+"""embedder-client against a real server: .npy and Parquet outputs, errors, the asyncio client."""
+
+import asyncio
+import io
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from embedder.cli import client_main
+from embedder.client import AsyncEmbedderClient, EmbedderClient
+
+
+def _write_images(folder, n=3):
+    paths = []
+    for i in range(n):
+        path = folder / f"img{i}.png"
+        Image.new("RGB", (50, 40), (i * 60, 20, 200)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_embed_images_to_npy(tiny_server, tmp_path, capsys):
+    paths = _write_images(tmp_path)
+    out = tmp_path / "vectors.npy"
+    argv = ["--server", tiny_server.target, "embed", "--model", "tiny_image", "--out", str(out),
+            "--images", *map(str, paths)]  # fmt: skip
+    assert client_main(argv) == 0
+    with EmbedderClient(tiny_server.target) as c:
+        np.testing.assert_allclose(np.load(out), c.embed_images("tiny_image", paths), atol=1e-6)
+    assert "wrote 3 x 24" in capsys.readouterr().out
+
+
+def test_embed_text_lines_to_parquet(tiny_server, tmp_path):
+    lines = tmp_path / "texts.txt"
+    lines.write_text("the cat\n\nstock market fell\n", encoding="utf-8")
+    out = tmp_path / "vectors.parquet"
+    argv = ["--server", tiny_server.target, "embed", "--model", "tiny_text", "--texts", str(lines),
+            "--out", str(out), "--normalize"]  # fmt: skip
+    assert client_main(argv) == 0
+    table = pq.read_table(out)
+    assert table.column("source").to_pylist() == ["the cat", "stock market fell"]
+    column_type = table.schema.field("embedding").type
+    assert column_type.list_size == 32 and column_type.value_type == "float32"
+    vectors = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_client_reports_server_errors(tiny_server, tmp_path, capsys):
+    argv = ["--server", tiny_server.target, "embed", "--model", "nope", "--texts", __file__,
+            "--out", str(tmp_path / "x.npy")]  # fmt: skip
+    assert client_main(argv) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
+    assert client_main(["--server", tiny_server.target, "models"]) == 0
+    assert "tiny_image/1\timage\t24\tfp32\tCPUExecutionProvider" in capsys.readouterr().out
+
+
+def test_async_client_matches_sync(tiny_server):
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), (9, 99, 199)).save(buf, "JPEG")
+
+    async def main():
+        async with AsyncEmbedderClient(tiny_server.target) as c:
+            names = [m.name for m in await c.list_models()]
+            return (
+                names,
+                await c.embed_images("tiny_image", [buf.getvalue()]),
+                await c.embed_texts("tiny_text", ["dog"]),
+            )
+
+    names, image, text = asyncio.run(main())
+    assert sorted(names) == ["tiny_image", "tiny_text"]
+    with EmbedderClient(tiny_server.target) as c:
+        np.testing.assert_allclose(image, c.embed_images("tiny_image", [buf.getvalue()]), atol=1e-6)
+        np.testing.assert_allclose(text, c.embed_texts("tiny_text", ["dog"]), atol=1e-6)

@@ -1,0 +1,98 @@
+"""Health transitions, and a SIGTERM drain of a real `embedder-serve` process."""
+
+import io
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+from server_helpers import ServerThread, free_port
+
+from embedder.client import EmbedderClient
+from embedder.config import ServerConfig
+
+SERVING, NOT_SERVING = (
+    health_pb2.HealthCheckResponse.SERVING,
+    health_pb2.HealthCheckResponse.NOT_SERVING,
+)
+
+
+def _watch(target: str, seen: list, stop: threading.Event) -> None:
+    with grpc.insecure_channel(target) as channel:
+        grpc.channel_ready_future(channel).result(timeout=60)
+        try:
+            for update in health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service="embedder.v1.Embedder"), timeout=120
+            ):
+                seen.append(update.status)
+                if stop.is_set():
+                    return
+        except grpc.RpcError:
+            return
+
+
+@pytest.mark.slow
+def test_not_serving_until_warm_then_serving_then_draining(default_repo):
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    st = ServerThread(ServerConfig(repository=default_repo, address=target))
+    st.thread.start()
+    seen: list = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch, args=(target, seen, stop), daemon=True)
+    starting = __import__("asyncio").run_coroutine_threadsafe(st.server.start(), st.loop)
+    watcher.start()
+    starting.result(120)
+    deadline = time.monotonic() + 10
+    while SERVING not in seen and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    st.stop(grace=1)
+    watcher.join(10)
+    assert seen[0] == NOT_SERVING, seen  # loading and warming the four default models
+    assert SERVING in seen
+    assert seen[-1] == NOT_SERVING, seen  # draining
+
+
+def _png(i: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), (i * 9 % 256, 50, 90)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_sigterm_drains_in_flight_requests(tiny_repo):
+    port = free_port()
+    cmd = [sys.executable, "-c", "from embedder.cli import serve_main; raise SystemExit(serve_main())",
+           "--repo", str(tiny_repo), "--address", f"127.0.0.1:{port}", "--max-queue-delay-ms", "400",
+           "--max-batch-size", "256", "--drain-seconds", "20"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "listening" in proc.stdout.readline()
+        results, errors = {}, []
+
+        def worker(i):
+            try:
+                with EmbedderClient(f"127.0.0.1:{port}") as c:
+                    results[i] = c.embed_images("tiny_image", [_png(i)] * 4)
+            except grpc.RpcError as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        time.sleep(0.2)  # the requests sit in the 400 ms batching window
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(30)
+        assert errors == [] and len(results) == 16
+        assert all(r.shape == (4, 24) and np.isfinite(r).all() for r in results.values())
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,363 @@
+"""A real gRPC server on a free port, tiny models, real clients."""
+
+import io
+import json
+import shutil
+import threading
+import urllib.request
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+from server_helpers import free_port, running_server
+
+from embedder.client import EmbedderClient, StreamItemError, decode, embed_request, image_item
+from embedder.manifest import Manifest
+from embedder.preprocess import TextTokenizer, preprocess_image_bytes
+from protos.embedder.v1 import embedder_pb2 as pb
+
+
+def png(color=(10, 200, 30), size=(48, 40)) -> bytes:
+    buf = io.BytesIO()
+    img = Image.new("RGB", size, color)
+    img.putpixel((3, 3), (255, 255, 255))
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def in_process(repo, name, feeds):
+    return ort.InferenceSession(str(repo / name / "1" / "model.onnx")).run(["features"], feeds)[0]
+
+
+def expect_status(code, fn, *args, match=""):
+    with pytest.raises(grpc.RpcError) as err:
+        fn(*args)
+    assert err.value.code() == code, err.value.details()
+    assert match in err.value.details()
+    return err.value.details()
+
+
+@pytest.fixture(scope="module")
+def client(tiny_server):
+    with EmbedderClient(tiny_server.target) as c:
+        yield c
+
+
+def test_list_and_get_model(client):
+    models = {m.name: m for m in client.list_models()}
+    assert set(models) == {"tiny_image", "tiny_text"}
+    image = models["tiny_image"]
+    assert (image.modality, image.dim, image.version, image.precision) == ("image", 24, "1", "fp32")
+    assert image.providers == ["CPUExecutionProvider"]
+    assert image.batching.max_batch_size == 32
+    assert json.loads(image.preprocess_json)["size"] == [32, 32]
+    info = client.stub.GetModel(pb.GetModelRequest(model="tiny_text"))
+    assert (info.modality, info.dim) == ("text", 32)
+
+
+def test_image_embeddings_equal_in_process(client, tiny_repo):
+    images = [png((i * 40, 100, 255 - i * 40)) for i in range(5)]
+    result = client.embed(
+        embed_request("tiny_image", [pb.Item(id=f"im{i}", image=b) for i, b in enumerate(images)])
+    )
+    cfg = Manifest.read(tiny_repo / "tiny_image" / "1").preprocess
+    pixels = np.stack([preprocess_image_bytes(b, cfg) for b in images])
+    np.testing.assert_allclose(
+        result.embeddings, in_process(tiny_repo, "tiny_image", {"pixels": pixels}), atol=1e-5
+    )
+    assert result.ids == [f"im{i}" for i in range(5)]
+    assert result.cache_hits == [False] * 5
+    assert result.timing.batch_items >= 1 and result.timing.total_ms > 0
+
+
+def test_text_embeddings_equal_in_process(client, tiny_repo):
+    texts = ["the cat sat on the mat", "dog", "stock market fell"]
+    ours = client.embed_texts("tiny_text", texts)
+    folder = tiny_repo / "tiny_text" / "1"
+    feeds = TextTokenizer(folder / "tokenizer.json", Manifest.read(folder).preprocess)(texts)
+    np.testing.assert_allclose(ours, in_process(tiny_repo, "tiny_text", feeds), atol=1e-5)
+
+
+def test_raw_tensor_items(client, tiny_repo):
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    ours = client.embed_images("tiny_image", list(pixels))
+    np.testing.assert_allclose(
+        ours, in_process(tiny_repo, "tiny_image", {"pixels": pixels}), atol=1e-5
+    )
+
+
+def test_truncate_and_normalize(client):
+    full = client.embed_images("tiny_image", [png()])
+    cut = client.embed_images("tiny_image", [png()], truncate_dim=8, normalize=True)
+    assert cut.shape == (1, 8)
+    np.testing.assert_allclose(cut[0], full[0, :8] / np.linalg.norm(full[0, :8]), atol=1e-6)
+    too_many = lambda: client.embed_images("tiny_image", [png()], truncate_dim=99)  # noqa: E731
+    expect_status(grpc.StatusCode.INVALID_ARGUMENT, too_many, match="truncate_dim 99")
+
+
+@pytest.mark.parametrize(
+    "items,match",
+    [
+        ([pb.Item(image=b"\x89PNG broken")], "item 0: cannot decode image"),
+        ([pb.Item(image=png()), pb.Item(text="hello")], "item 1: text sent to image model"),
+        ([pb.Item(image=png()), pb.Item()], "item 1: no input"),
+        ([image_item(np.zeros((31, 32, 3), np.uint8))], "item 0: tensor uint8[31, 32, 3]"),
+        ([image_item(np.zeros((32, 32, 3), np.float32))], "item 0: tensor float32"),
+        (
+            [pb.Item(tensor=pb.Tensor(data=b"123", shape=[2, 2], dtype="uint8"))],
+            "item 0: bad tensor",
+        ),
+        ([], "empty request"),
+        ([pb.Item(image=png())] * 300, "300 items, over the limit of 256"),
+    ],
+)
+def test_invalid_argument_names_the_item(client, items, match):
+    expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        client.embed,
+        embed_request("tiny_image", items),
+        match=match,
+    )
+
+
+def test_image_sent_to_text_model(client):
+    expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        client.embed,
+        embed_request("tiny_text", [pb.Item(text="ok"), pb.Item(image=png())]),
+        match="item 1: image sent to text model",
+    )
+
+
+def test_empty_text(client):
+    expect_status(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        client.embed_texts,
+        "tiny_text",
+        ["fine", "  "],
+        match="item 1: empty text",
+    )
+
+
+def test_unknown_model_and_version(client):
+    expect_status(
+        grpc.StatusCode.NOT_FOUND, client.embed_texts, "nope", ["x"], match="tiny_image, tiny_text"
+    )
+    expect_status(
+        grpc.StatusCode.NOT_FOUND,
+        client.stub.GetModel,
+        pb.GetModelRequest(model="tiny_text", version="7"),
+        match="no version '7'",
+    )
+
+
+def test_one_bad_request_does_not_disturb_concurrent_good_ones(client, tiny_repo):
+    good = png((1, 2, 3))
+    expected = client.embed_images("tiny_image", [good])
+    errors, results = [], []
+
+    def worker(i):
+        try:
+            if i % 4 == 0:
+                client.embed(embed_request("tiny_image", [pb.Item(image=b"garbage")]))
+            else:
+                results.append(client.embed_images("tiny_image", [good]))
+        except grpc.RpcError as exc:
+            errors.append(exc.code())
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [grpc.StatusCode.INVALID_ARGUMENT] * 8
+    assert len(results) == 24
+    for r in results:
+        np.testing.assert_allclose(r, expected, atol=1e-5)
+
+
+def test_concurrent_clients_get_their_own_answers(tiny_server, tiny_repo):
+    images = [png((i * 7 % 256, i * 13 % 256, i * 29 % 256)) for i in range(32)]
+    cfg = Manifest.read(tiny_repo / "tiny_image" / "1").preprocess
+    expected = in_process(
+        tiny_repo,
+        "tiny_image",
+        {"pixels": np.stack([preprocess_image_bytes(b, cfg) for b in images])},
+    )
+    got = [None] * 32
+
+    def worker(i):
+        with EmbedderClient(tiny_server.target) as c:
+            got[i] = c.embed_images("tiny_image", [images[i]])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    np.testing.assert_allclose(np.concatenate(got), expected, atol=1e-5)
+
+
+def test_embed_stream_answers_in_order_and_survives_a_bad_request(client):
+    requests = [
+        embed_request("tiny_image", [pb.Item(image=png((i, 0, 0)))], request_id=f"r{i}")
+        for i in range(5)
+    ]
+    requests.insert(2, embed_request("tiny_image", [pb.Item(image=b"bad")], request_id="bad"))
+    requests.insert(4, embed_request("missing", [pb.Item(text="x")], request_id="missing"))
+    responses = list(client.stub.EmbedStream(iter(requests)))
+    assert len(responses) == 7
+    assert [r.request_id for r in responses if not r.HasField("error")] == [
+        f"r{i}" for i in range(5)
+    ]
+    assert responses[2].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert responses[4].error.code == grpc.StatusCode.NOT_FOUND.value[0]
+    with pytest.raises(StreamItemError, match="INVALID_ARGUMENT"):
+        decode(responses[2])
+    single = client.embed_images("tiny_image", [png((3, 0, 0))])
+    np.testing.assert_allclose(decode(responses[5]).embeddings, single, atol=1e-5)
+
+
+def test_health_serving_and_reflection(tiny_server):
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    with grpc.insecure_channel(tiny_server.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "embedder.v1.Embedder"):
+            status = health.Check(health_pb2.HealthCheckRequest(service=service)).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+        assert "embedder.v1.Embedder" in services and "grpc.health.v1.Health" in services
+
+
+def test_message_over_the_limit(tiny_repo):
+    with (
+        running_server(tiny_repo, max_message_bytes=50_000) as server,
+        EmbedderClient(server.target) as c,
+    ):
+        big = pb.Item(image=b"\0" * 60_000)
+        expect_status(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, c.embed, embed_request("tiny_image", [big])
+        )
+
+
+def test_queue_full_is_refused_at_once(tiny_repo):
+    from embedder.config import BatchingConfig
+
+    batching = BatchingConfig(max_batch_size=4, max_queue_delay_ms=1, max_queue_size=4)
+    with running_server(tiny_repo, batching=batching) as server, EmbedderClient(server.target) as c:
+        expect_status(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            c.embed_images,
+            "tiny_image",
+            [png()] * 5,
+            match="retry with backoff",
+        )
+        assert c.embed_images("tiny_image", [png()] * 4).shape == (4, 24)
+
+
+def test_bearer_token(tiny_repo):
+    with running_server(tiny_repo, auth_token="s3cret") as server:
+        with EmbedderClient(server.target) as anonymous:
+            expect_status(grpc.StatusCode.UNAUTHENTICATED, anonymous.list_models)
+            expect_status(
+                grpc.StatusCode.UNAUTHENTICATED, lambda: list(anonymous.stub.EmbedStream(iter([])))
+            )
+        with EmbedderClient(server.target, token="wrong") as wrong:
+            expect_status(grpc.StatusCode.UNAUTHENTICATED, wrong.list_models)
+        with EmbedderClient(server.target, token="s3cret") as good:
+            assert len(good.list_models()) == 2
+        with grpc.insecure_channel(server.target) as channel:  # probes need no token
+            status = (
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status
+            )
+            assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_tls(tiny_repo, tmp_path):
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not available to make a test certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    with running_server(tiny_repo, tls_cert=cert, tls_key=key, auth_token="t") as server:
+        with EmbedderClient(server.target, token="t", root_cert=cert.read_bytes()) as c:
+            assert c.embed_images("tiny_image", [png()]).shape == (1, 24)
+        with EmbedderClient(server.target, token="t") as plaintext:
+            with pytest.raises(grpc.RpcError):
+                plaintext.list_models()
+
+
+def test_metrics_endpoint(tiny_repo):
+    port = free_port()
+    with running_server(tiny_repo, metrics_port=port) as server, EmbedderClient(server.target) as c:
+        c.embed_images("tiny_image", [png()] * 3)
+        with pytest.raises(grpc.RpcError):
+            c.embed_texts("nope", ["x"])
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    assert 'embedder_requests_total{method="Embed"}' in text
+    assert 'embedder_errors_total{code="NOT_FOUND",method="Embed"}' in text
+    assert 'embedder_items_total{model="tiny_image/1"} 3.0' in text
+    assert "embedder_batch_items_bucket" in text and 'stage="inference"' in text
+
+
+def test_corrupt_model_refused_others_served(tiny_repo, tmp_path, caplog):
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo)
+    shutil.copytree(repo / "tiny_image", repo / "broken")
+    with open(repo / "broken" / "1" / "model.onnx", "r+b") as f:
+        f.seek(100)
+        f.write(b"corrupt")
+    with (
+        caplog.at_level("ERROR"),
+        running_server(repo) as server,
+        EmbedderClient(server.target) as c,
+    ):
+        assert {m.name for m in c.list_models()} == {"tiny_image", "tiny_text"}
+        assert "broken/1" in server.server.repository.refused
+    assert "refusing model broken/1" in caplog.text and "sha256" in caplog.text
+
+
+def test_int8_variant_served_on_request(tiny_repo):
+    with (
+        running_server(tiny_repo, cpu_precision="int8") as server,
+        EmbedderClient(server.target) as c,
+    ):
+        precisions = {m.name: m.precision for m in c.list_models()}
+        assert precisions == {"tiny_image": "int8", "tiny_text": "fp32"}  # text has no int8 file
+        assert c.embed_images("tiny_image", [png()]).shape == (1, 24)
+
+
+def test_empty_repository_is_an_error(tmp_path):
+    from embedder.errors import EmbedderError
+
+    with pytest.raises(EmbedderError, match="no servable model"):
+        with running_server(tmp_path):
+            pass

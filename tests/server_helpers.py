@@ -1,0 +1,52 @@
+"""A real EmbedderServer on a free loopback port, in a background thread with its own loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import socket
+import threading
+from collections.abc import Iterator
+
+from embedder.config import ServerConfig
+from embedder.server import EmbedderServer
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    def __init__(self, config: ServerConfig):
+        self.server = EmbedderServer(config)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def call(self, coro, timeout: float = 120):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self) -> int:
+        self.thread.start()
+        return self.call(self.server.start())
+
+    def stop(self, grace: float | None = 0) -> None:
+        self.call(self.server.stop(grace))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@contextlib.contextmanager
+def running_server(repo, **overrides) -> Iterator[ServerThread]:
+    config = dataclasses.replace(
+        ServerConfig(repository=repo, address="127.0.0.1:0", preprocess_threads=4), **overrides
+    )
+    st = ServerThread(config)
+    st.start()
+    st.target = f"127.0.0.1:{st.server.port}"
+    try:
+        yield st
+    finally:
+        st.stop()
