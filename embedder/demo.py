@@ -1,22 +1,23 @@
 """The main job, end to end on the embedded defaults.
 
-Today: export every default backbone (fp32 + fp16 + int8) into a model repository and print
-a table of them. Serving, batch export and heads join as they land.
+1. Export every default backbone (fp32 + fp16 + int8) into a model repository; print a table.
+2. Start the gRPC server on that repository, embed the bundled sample photos and sentences
+   through it, print their cosine similarities, stop the server.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import io
 import sys
 from pathlib import Path
 
+import numpy as np
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="embedder-demo", description=__doc__)
-    parser.add_argument("--repo", default="models", help="model repository (default: models)")
-    args = parser.parse_args(argv)
 
-    # export/ is the only package that imports torch; the demo is an orchestrator, not the server.
+def export_defaults(repo: Path) -> None:
+    # export/ is the only package that imports torch; the demo orchestrates, it does not serve.
     from export.cli import format_table, result_row
     from export.pipeline import ExportConfig, export_backbone
     from export.registry import list_backbones
@@ -24,10 +25,70 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in list_backbones(defaults_only=True):
         print(f"exporting {name} ...", file=sys.stderr, flush=True)
-        config = ExportConfig(name, repo=Path(args.repo), variants=("fp16", "int8"), overwrite=True)
+        config = ExportConfig(name, repo=repo, variants=("fp16", "int8"), overwrite=True)
         rows.append(result_row(export_backbone(config)))
-    print(f"\nModel repository: {Path(args.repo).resolve()}\n")
+    print(f"\nModel repository: {repo.resolve()}\n")
     print(format_table(rows))
+
+
+def similarity_table(names: list[str], vectors: np.ndarray) -> str:
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    sim = unit @ unit.T
+    width = max(len(n) for n in names)
+    head = " " * width + "  " + "  ".join(n[:7].rjust(7) for n in names)
+    rows = [
+        n.ljust(width) + "  " + "  ".join(f"{v:7.2f}" for v in row)
+        for n, row in zip(names, sim, strict=True)
+    ]
+    return "\n".join([head, *rows])
+
+
+def _jpeg(photo: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(photo).save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+async def embed_through_server(repo: Path) -> None:
+    from embedder.client import AsyncEmbedderClient
+    from embedder.config import ServerConfig
+    from embedder.server import EmbedderServer
+    from export.samples import SAMPLE_SENTENCES, sample_photos
+
+    server = EmbedderServer(ServerConfig(repository=repo, address="127.0.0.1:0"))
+    port = await server.start()
+    print(f"\nServer up on 127.0.0.1:{port}")
+    try:
+        async with AsyncEmbedderClient(f"127.0.0.1:{port}") as client:
+            for m in await client.list_models():
+                where = ", ".join(m.providers)
+                print(f"  {m.name}/{m.version}: {m.modality}, {m.dim}-d, {m.precision} on {where}")
+            photos = sample_photos()
+            photos["chelsea_mirrored"] = photos["chelsea"][:, ::-1]
+            jpegs = [_jpeg(p) for p in photos.values()]
+            for model in ("mobilenet_v2", "dinov2_small"):
+                vectors = await client.embed_images(model, jpegs)
+                print(f"\nCosine similarity of the sample photos, {model} via gRPC Embed:")
+                print(similarity_table(list(photos), vectors))
+            sentences = list(SAMPLE_SENTENCES)
+            vectors = await client.embed_texts("minilm_l6", sentences)
+            print("\nCosine similarity of the sample sentences, minilm_l6 via gRPC Embed:")
+            for i, s in enumerate(sentences):
+                print(f"  [{i}] {s}")
+            print(similarity_table([f"[{i}]" for i in range(len(sentences))], vectors))
+    finally:
+        await server.stop(grace=1)
+    print("\nServer stopped.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="embedder-demo", description=__doc__)
+    parser.add_argument("--repo", type=Path, default=Path("models"), help="model repository")
+    args = parser.parse_args(argv)
+    export_defaults(args.repo)
+    asyncio.run(embed_through_server(args.repo))
     return 0
 
 

@@ -75,6 +75,6 @@ def tensor_from_bytes(data: bytes, shape: list[int], dtype: str, index: int) -> 
         count = int(np.prod(shape)) if shape else 0
         if count * dt.itemsize != len(data):
             raise ValueError(f"{len(data)} bytes cannot hold {dtype}{list(shape)}")
-        return np.frombuffer(data, dtype=dt).reshape(shape).astype(dt.newbyteorder("="))
+        return np.frombuffer(data, dtype=dt).reshape(shape).astype(dt.newbyteorder("="), copy=False)
     except (TypeError, ValueError) as exc:
         raise InputError(f"item {index}: bad tensor: {exc}") from exc

@@ -80,6 +80,9 @@ def open_session(folder: Path, manifest: Manifest, config: ServerConfig) -> Mode
     filename, precision = model_file(manifest, chain[0] != CPU, config.cpu_precision)
     options = ort.SessionOptions()
     options.intra_op_num_threads = config.intra_op_threads
+    # No busy-waiting between ops: on a small machine the spinning threads would starve the
+    # gRPC, decode and client threads that share its cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     session = ort.InferenceSession(str(folder / filename), options, providers=chain)
     in_use = session.get_providers()

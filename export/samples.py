@@ -9,6 +9,7 @@ from embedder.manifest import ImagePreprocess
 SAMPLE_SENTENCES = (
     "A cup of espresso on a wooden table.",
     "The cat is sleeping on the sofa.",
+    "A kitten naps on the couch.",
     "Stock markets fell sharply after the central bank raised interest rates.",
     "The striker scored twice in the second half to win the cup final.",
     "Astronauts prepare for a launch to the international space station.",

@@ -1,5 +1,6 @@
 """Health transitions, and a SIGTERM drain of a real `embedder-serve` process."""
 
+import asyncio
 import io
 import signal
 import subprocess
@@ -38,24 +39,37 @@ def _watch(target: str, seen: list, stop: threading.Event) -> None:
 
 
 @pytest.mark.slow
-def test_not_serving_until_warm_then_serving_then_draining(default_repo):
+def test_not_serving_until_warm_then_serving_then_draining(default_repo, monkeypatch):
+    from embedder.repository import ModelRepository
+
+    observed_loading = threading.Event()
+    real_load = ModelRepository.load
+
+    def gated_load(config):  # hold model loading until the watcher has seen the loading state
+        assert observed_loading.wait(60)
+        return real_load(config)
+
+    monkeypatch.setattr(ModelRepository, "load", staticmethod(gated_load))
     port = free_port()
     target = f"127.0.0.1:{port}"
     st = ServerThread(ServerConfig(repository=default_repo, address=target))
     st.thread.start()
     seen: list = []
     stop = threading.Event()
+    starting = asyncio.run_coroutine_threadsafe(st.server.start(), st.loop)
     watcher = threading.Thread(target=_watch, args=(target, seen, stop), daemon=True)
-    starting = __import__("asyncio").run_coroutine_threadsafe(st.server.start(), st.loop)
     watcher.start()
+    deadline = time.monotonic() + 30
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    observed_loading.set()
     starting.result(120)
-    deadline = time.monotonic() + 10
     while SERVING not in seen and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.01)
     stop.set()
     st.stop(grace=1)
     watcher.join(10)
-    assert seen[0] == NOT_SERVING, seen  # loading and warming the four default models
+    assert seen[0] == NOT_SERVING, seen  # while the four default models load and warm up
     assert SERVING in seen
     assert seen[-1] == NOT_SERVING, seen  # draining
 

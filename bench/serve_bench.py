@@ -1,0 +1,174 @@
+"""In-process onnxruntime vs the gRPC service over loopback: same model, same machine, one run.
+
+    python bench/serve_bench.py --repo models                   # CPU
+    python bench/serve_bench.py --repo models --provider cuda   # GPU: fp16 + IO binding
+
+In-process: the model's session on ready inputs (uint8 pixels; for text, tokenisation included).
+Service: `embedder-serve` in its own process; images sent as raw uint8 tensors, texts as text,
+so both sides do the same work. Prints a table: items/s, p50 / p99 latency per call, and the
+ratio to in-process batch-32 throughput (the saturation ceiling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from embedder.client import EmbedderClient, embed_request, image_item  # noqa: E402
+from embedder.config import ServerConfig  # noqa: E402
+from embedder.manifest import Manifest  # noqa: E402
+from embedder.preprocess import TextTokenizer  # noqa: E402
+from embedder.runtime import open_session  # noqa: E402
+from protos.embedder.v1 import embedder_pb2 as pb  # noqa: E402
+
+TEXTS = [
+    "The striker scored twice in the second half to win the cup final for the home side.",
+    "Stock markets fell sharply after the central bank raised interest rates again.",
+    "A cup of espresso on a wooden table next to a newspaper.",
+    "Astronauts prepare for a launch to the international space station next week.",
+]
+
+
+def timed_loop(call, seconds: float) -> list[float]:
+    latencies, end = [], time.perf_counter() + seconds
+    call()  # warm
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        call()
+        latencies.append(time.perf_counter() - t)
+    return latencies
+
+
+def row(mode: str, batch: int, clients: int, items: int, wall: float, lat: list[float]) -> dict:
+    p50, p99 = (1000 * float(np.percentile(lat, q)) for q in (50, 99))
+    return {"mode": mode, "batch": batch, "clients": clients, "items/s": items / wall,
+            "p50 ms": p50, "p99 ms": p99}  # fmt: skip
+
+
+def in_process_call(session, manifest: Manifest, folder: Path, batch: int):
+    if manifest.modality == "image":
+        h, w = manifest.preprocess.size
+        feeds = {"pixels": np.random.default_rng(0).integers(0, 256, (batch, h, w, 3), np.uint8)}
+        return lambda: session.run(feeds)
+    tok = TextTokenizer(folder / "tokenizer.json", manifest.preprocess)
+    texts = (TEXTS * batch)[:batch]
+    return lambda: session.run(tok(texts))
+
+
+def in_process(repo: Path, name: str, provider: str, seconds: float) -> list[dict]:
+    folder = repo / name / "1"
+    manifest = Manifest.read(folder)
+    session = open_session(folder, manifest, ServerConfig(provider=provider))
+    rows = []
+    for batch in (1, 8, 32):
+        t0 = time.perf_counter()
+        lat = timed_loop(in_process_call(session, manifest, folder, batch), seconds)
+        rows.append(row("in-process", batch, 1, batch * len(lat), time.perf_counter() - t0, lat))
+    return rows
+
+
+def items_for(manifest: Manifest, n: int) -> list[pb.Item]:
+    if manifest.modality == "text":
+        return [pb.Item(text=t) for t in (TEXTS * n)[:n]]
+    h, w = manifest.preprocess.size
+    rng = np.random.default_rng(1)
+    return [image_item(rng.integers(0, 256, (h, w, 3), np.uint8)) for _ in range(n)]
+
+
+def client_worker(target, request, seconds: float, latencies: list, i: int) -> None:
+    with EmbedderClient(target) as c:
+        latencies[i] = timed_loop(lambda: c.embed(request), seconds)
+
+
+def service(target: str, repo: Path, name: str, seconds: float) -> list[dict]:
+    manifest = Manifest.read(repo / name / "1")
+    rows = []
+    for batch, clients in ((1, 1), (8, 1), (32, 1), (1, 8), (1, 32)):
+        request = embed_request(name, items_for(manifest, batch))
+        latencies: list[list[float]] = [[] for _ in range(clients)]
+        threads = [
+            threading.Thread(target=client_worker, args=(target, request, seconds, latencies, i))
+            for i in range(clients)
+        ]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        lat = [x for per in latencies for x in per]
+        rows.append(row("service", batch, clients, batch * len(lat), wall, lat))
+    return rows
+
+
+SERVE = "from embedder.cli import serve_main; raise SystemExit(serve_main())"
+
+
+def start_server(args: argparse.Namespace) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-c",
+        SERVE,
+        "--repo",
+        str(args.repo),
+        "--address",
+        f"127.0.0.1:{args.port}",
+        "--provider",
+        args.provider,
+        "--max-batch-size",
+        str(args.max_batch_size),
+        "--max-queue-delay-ms",
+        str(args.max_queue_delay_ms),
+        "--log-level",
+        "WARNING",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if "listening" not in line:
+        raise RuntimeError(f"server did not start: {line!r}")
+    return proc
+
+
+HEADER = """| model | mode | batch | clients | items/s | p50 ms | p99 ms | vs in-process batch 32 |
+|---|---|---|---|---|---|---|---|"""
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--repo", type=Path, default=Path("models"))
+    p.add_argument("--models", nargs="+", default=["mobilenet_v2", "minilm_l6"])
+    p.add_argument("--provider", default="cpu", choices=("cpu", "cuda", "tensorrt"))
+    p.add_argument("--seconds", type=float, default=4.0, help="per cell")
+    p.add_argument("--port", type=int, default=50917)
+    p.add_argument("--max-batch-size", type=int, default=32, help="server batching limit")
+    p.add_argument("--max-queue-delay-ms", type=float, default=2.0, help="server batching delay")
+    args = p.parse_args()
+    print(HEADER)
+    for name in args.models:
+        rows = in_process(args.repo, name, args.provider, args.seconds)
+        server = start_server(args)
+        try:
+            rows += service(f"127.0.0.1:{args.port}", args.repo, name, args.seconds)
+        finally:
+            server.terminate()
+            server.wait(30)
+        ceiling = rows[2]["items/s"]
+        for r in rows:
+            print(
+                f"| {name} | {r['mode']} | {r['batch']} | {r['clients']} | {r['items/s']:.1f} | "
+                f"{r['p50 ms']:.1f} | {r['p99 ms']:.1f} | {r['items/s'] / ceiling:.2f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
