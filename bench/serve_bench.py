@@ -5,16 +5,17 @@
 
 In-process: the model's session on ready inputs (uint8 pixels; for text, tokenisation included).
 Service: `embedder-serve` in its own process; images sent as raw uint8 tensors, texts as text,
-so both sides do the same work. Prints a table: items/s, p50 / p99 latency per call, and the
+so both sides do the same work. Concurrent clients are asyncio callers in one client process.
+Prints a table: items/s, p50 / p99 latency per call, and the
 ratio to in-process batch-32 throughput (the saturation ceiling).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from embedder.client import EmbedderClient, embed_request, image_item  # noqa: E402
+from embedder.client import AsyncEmbedderClient, embed_request, image_item  # noqa: E402
 from embedder.config import ServerConfig  # noqa: E402
 from embedder.manifest import Manifest  # noqa: E402
 from embedder.preprocess import TextTokenizer  # noqa: E402
@@ -83,9 +84,23 @@ def items_for(manifest: Manifest, n: int) -> list[pb.Item]:
     return [image_item(rng.integers(0, 256, (h, w, 3), np.uint8)) for _ in range(n)]
 
 
-def client_worker(target, request, seconds: float, latencies: list, i: int) -> None:
-    with EmbedderClient(target) as c:
-        latencies[i] = timed_loop(lambda: c.embed(request), seconds)
+async def _client_loop(client: AsyncEmbedderClient, request, seconds: float) -> list[float]:
+    latencies, end = [], time.perf_counter() + seconds
+    await client.embed(request)  # warm
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        await client.embed(request)
+        latencies.append(time.perf_counter() - t)
+    return latencies
+
+
+async def _clients(target: str, request, clients: int, seconds: float) -> tuple[float, list]:
+    """`clients` concurrent callers on one asyncio client (one thread: cheap to drive)."""
+    async with AsyncEmbedderClient(target) as client:
+        t0 = time.perf_counter()
+        loops = (_client_loop(client, request, seconds) for _ in range(clients))
+        per = await asyncio.gather(*loops)
+        return time.perf_counter() - t0, [x for lat in per for x in lat]
 
 
 def service(target: str, repo: Path, name: str, seconds: float) -> list[dict]:
@@ -93,18 +108,7 @@ def service(target: str, repo: Path, name: str, seconds: float) -> list[dict]:
     rows = []
     for batch, clients in ((1, 1), (8, 1), (32, 1), (1, 8), (1, 32)):
         request = embed_request(name, items_for(manifest, batch))
-        latencies: list[list[float]] = [[] for _ in range(clients)]
-        threads = [
-            threading.Thread(target=client_worker, args=(target, request, seconds, latencies, i))
-            for i in range(clients)
-        ]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
-        lat = [x for per in latencies for x in per]
+        wall, lat = asyncio.run(_clients(target, request, clients, seconds))
         rows.append(row("service", batch, clients, batch * len(lat), wall, lat))
     return rows
 
@@ -151,7 +155,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=4.0, help="per cell")
     p.add_argument("--port", type=int, default=50917)
     p.add_argument("--max-batch-size", type=int, default=32, help="server batching limit")
-    p.add_argument("--max-queue-delay-ms", type=float, default=2.0, help="server batching delay")
+    p.add_argument("--max-queue-delay-ms", type=float, default=0.0, help="server batching delay")
     args = p.parse_args()
     print(HEADER)
     for name in args.models:

@@ -13,7 +13,9 @@ Provider = Literal["auto", "cpu", "cuda", "tensorrt"]
 @dataclass(frozen=True)
 class BatchingConfig:
     max_batch_size: int = 32
-    max_queue_delay_ms: float = 2.0  # how long a lone item waits for company
+    # How long the oldest item waits for company. 0: a batch leaves as soon as the model is
+    # free; under load the next batch fills while the current one runs.
+    max_queue_delay_ms: float = 0.0
     max_queue_size: int = 1024  # items waiting per model; beyond it: RESOURCE_EXHAUSTED
 
 
