@@ -35,6 +35,7 @@ def serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth-token", help="require 'authorization: Bearer <token>'")
     p.add_argument("--tls-cert", type=Path)
     p.add_argument("--tls-key", type=Path)
+    p.add_argument("--cache", type=Path, help="embedding cache folder (shared with batch export)")
     p.add_argument("--drain-seconds", type=float, default=d.drain_seconds)
     p.add_argument("--log-level", default="INFO")
     return p
@@ -49,7 +50,7 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         max_items_per_request=args.max_items_per_request, max_message_bytes=args.max_message_bytes,
         max_image_pixels=args.max_image_pixels, metrics_port=args.metrics_port,
         auth_token=args.auth_token, tls_cert=args.tls_cert, tls_key=args.tls_key,
-        drain_seconds=args.drain_seconds,
+        drain_seconds=args.drain_seconds, cache=args.cache,
     )  # fmt: skip
 
 

@@ -35,5 +35,7 @@ class ServerConfig:
     auth_token: str | None = None  # require "authorization: Bearer <token>" when set
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    cache: Path | None = None  # embedding cache root shared with batch export; hits skip compute
+    cache_shard_rows: int = 256
     drain_seconds: float = 10.0  # grace period for in-flight requests on SIGTERM
     warmup: bool = True

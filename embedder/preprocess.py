@@ -9,10 +9,11 @@ longest item of the batch.
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
 from .manifest import ImagePreprocess, TextPreprocess
@@ -22,8 +23,14 @@ DEFAULT_MAX_PIXELS = 40_000_000
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode encoded bytes to an RGB image, refusing decompression bombs before decoding."""
+def decode_image(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, shorter_side: int | None = None
+) -> Image.Image:
+    """Decode encoded bytes to an RGB image, refusing decompression bombs before decoding.
+
+    With `shorter_side`, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that keeps
+    its shorter side at least that long: the fast path for photos much larger than the model.
+    """
     if not data:
         raise InputError("empty image bytes")
     try:
@@ -34,10 +41,16 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
                 f"image is {width}x{height} = {width * height} pixels, over the limit of "
                 f"{max_pixels}; downscale it or raise max_pixels"
             )
+        if shorter_side and img.format == "JPEG":
+            scale = shorter_side / min(width, height)
+            if scale < 1:
+                img.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
         img = ImageOps.exif_transpose(img)
         return img.convert("RGB")
     except InputError:
         raise
+    except UnidentifiedImageError as exc:
+        raise InputError("cannot decode image: not a recognised image format") from exc
     except Exception as exc:  # PIL raises many types for corrupt or truncated data
         raise InputError(f"cannot decode image: {exc}") from exc
 
@@ -64,7 +77,7 @@ def image_to_pixels(img: Image.Image | np.ndarray, cfg: ImagePreprocess) -> np.n
 def preprocess_image_bytes(
     data: bytes, cfg: ImagePreprocess, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
-    return resize_and_crop(decode_image(data, max_pixels), cfg)
+    return resize_and_crop(decode_image(data, max_pixels, cfg.resize_shorter), cfg)
 
 
 class TextTokenizer:

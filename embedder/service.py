@@ -14,13 +14,14 @@ import numpy as np
 from protos.embedder.v1 import embedder_pb2 as pb
 from protos.embedder.v1 import embedder_pb2_grpc as pb_grpc
 
-from .batcher import DynamicBatcher
+from .batcher import BatchStats, DynamicBatcher
 from .config import ServerConfig
 from .errors import InputError, NotReadyError
 from .inputs import Preprocessor, RawItem, tensor_from_bytes
 from .metrics import Metrics
 from .repository import ModelRepository
 from .runtime import ModelSession
+from .serving_cache import ServingCache
 
 INLINE_TEXT_CHARS = 2048  # tokenising this much takes ~0.1 ms: cheaper than a thread hop
 
@@ -40,6 +41,9 @@ class LoadedModel:
         self.batcher = DynamicBatcher(
             self.key, session.run, self.preprocessor.collate, config.batching, on_batch
         )
+        self.cache: ServingCache | None = None
+        if config.cache is not None:
+            self.cache = ServingCache(config.cache, session, config.cache_shard_rows)
 
     def warm_up(self) -> None:
         m = self.session.manifest
@@ -113,6 +117,9 @@ class EmbedderService(pb_grpc.EmbedderServicer):
 
     async def close(self) -> None:
         await asyncio.gather(*(m.batcher.close() for m in self.models.values()))
+        for model in self.models.values():
+            if model.cache:
+                model.cache.flush()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _model(self, name: str, version: str) -> LoadedModel:
@@ -169,9 +176,20 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         if n > self.config.max_items_per_request:
             limit = self.config.max_items_per_request
             raise InputError(f"{n} items, over the limit of {limit} per request; split it")
-        arrays = await self._preprocess(model, request.items)
+        keys, hits = model.cache.find(request.items) if model.cache else ([], {})
+        misses = [item for i, item in enumerate(request.items) if i not in hits]
+        arrays = await self._preprocess(model, misses, [i for i in range(n) if i not in hits])
         preprocess_ms = (time.monotonic() - started) * 1000
-        embeddings, stats = await model.batcher.submit(arrays, deadline)
+        stats = BatchStats(0.0, 0.0, 0)
+        embeddings = np.zeros((n, model.session.manifest.dim), np.float32)
+        if arrays:
+            computed, stats = await model.batcher.submit(arrays, deadline)
+            rows = [i for i in range(n) if i not in hits]
+            embeddings[rows] = computed
+            if model.cache:
+                await model.cache.store([keys[i] for i in rows], computed)
+        for i, vector in hits.items():
+            embeddings[i] = vector
         out = finish(embeddings, request.options)
         self.metrics.items.labels(model.key).inc(n)
         self.metrics.stage_ms.labels(model.key, "preprocess").observe(preprocess_ms)
@@ -180,7 +198,7 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         return pb.EmbedResponse(
             model=m.name, version=m.version, embeddings=out.tobytes(), shape=list(out.shape),
             ids=[item.id or str(i) for i, item in enumerate(request.items)],
-            cache_hits=[False] * n, request_id=request.request_id,
+            cache_hits=[i in hits for i in range(n)], request_id=request.request_id,
             timing=pb.Timing(
                 queue_ms=stats.queue_ms, preprocess_ms=preprocess_ms,
                 inference_ms=stats.inference_ms, batch_items=stats.batch_items,
@@ -188,14 +206,18 @@ class EmbedderService(pb_grpc.EmbedderServicer):
             ),
         )  # fmt: skip
 
-    async def _preprocess(self, model: LoadedModel, items) -> list[np.ndarray]:
-        raw = [raw_item(i, item) for i, item in enumerate(items)]
-        for i, item in enumerate(raw):
+    async def _preprocess(self, model: LoadedModel, items, indices: list[int]) -> list[np.ndarray]:
+        """Preprocess `items`; `indices` are their positions in the request, for error messages."""
+        raw = [raw_item(i, item) for i, item in zip(indices, items, strict=True)]
+        for i, item in zip(indices, raw, strict=True):
             model.preprocessor.check_modality(i, item)
         loop = asyncio.get_running_loop()
         pre = model.preprocessor
         if model.session.manifest.modality == "text":
             texts = [r.value for r in raw]
+            for i, text in zip(indices, texts, strict=True):
+                if not text.strip():
+                    raise InputError(f"item {i}: empty text")
             if sum(map(len, texts)) <= INLINE_TEXT_CHARS:  # a thread hop costs more than this
                 return pre.texts(texts)
             return await loop.run_in_executor(self._pool, pre.texts, texts)

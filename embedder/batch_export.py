@@ -1,0 +1,321 @@
+"""Batch feature export: embed a whole dataset with one model into the embedding cache.
+
+Engines: `local` (an onnxruntime session in this process; decoding in a thread pool that runs
+ahead of inference), `server` (a running embedder-serve does the work), `ray` (Ray Data, one
+session per actor; see ray_engine.py). All three share the reading, hashing, deduplication,
+failure handling and cache writing here, so a kill -9 at any moment and a rerun end with the
+rows of a clean run.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Container, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from .cache import CacheIdentity, EmbeddingCache, content_key
+from .config import Provider, ServerConfig
+from .errors import EmbedderError, InputError
+from .inputs import Preprocessor, RawItem
+from .manifest import Manifest
+from .runtime import ModelSession, open_session
+from .sources import SourceItem
+
+Engine = Literal["local", "server", "ray"]
+
+
+@dataclass(frozen=True)
+class BatchExportConfig:
+    repo: Path = Path("models")
+    model: str = "mobilenet_v2"
+    version: str = ""  # empty: the highest version in the repository
+    cache: Path = Path("cache")
+    engine: Engine = "local"
+    server: str | None = None  # host:port for engine="server"
+    batch_size: int = 32
+    decode_workers: int = 2
+    shard_rows: int = 2048  # rows per Parquet shard: the most a kill can cost
+    provider: Provider = "auto"
+    max_image_pixels: int = 40_000_000
+    ray_address: str | None = None  # None: a local Ray; "auto" or ray://host:port: a cluster
+    ray_actors: int = 1
+    progress: bool = True
+
+
+@dataclass
+class Summary:
+    total: int = 0
+    embedded: int = 0
+    from_cache: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    dataset: Path | None = None
+
+    def __str__(self) -> str:
+        rate = self.embedded / self.seconds if self.seconds else 0.0
+        return (f"{self.total} items: {self.embedded} embedded, {self.from_cache} from cache, "
+                f"{self.duplicates} duplicates, {self.failed} failed in {self.seconds:.1f} s "
+                f"({rate:.1f} items/s) -> {self.dataset}")  # fmt: skip
+
+
+@dataclass
+class Prepared:
+    """One item after reading, hashing and preprocessing (or the reason it failed)."""
+
+    item: SourceItem
+    key: str = ""
+    array: np.ndarray | None = None
+    raw: bytes | str | None = None  # what a server engine sends
+    error: str | None = None
+
+
+def open_model(config: BatchExportConfig) -> ModelSession:
+    server_config = ServerConfig(repository=config.repo, provider=config.provider)
+    folder = _model_folder(config)
+    manifest = Manifest.read(folder)
+    manifest.verify(folder)
+    return open_session(folder, manifest, server_config)
+
+
+def _model_folder(config: BatchExportConfig) -> Path:
+    base = Path(config.repo) / config.model
+    found = base.iterdir() if base.is_dir() else []
+    versions = [p.name for p in found if p.is_dir() and not p.name.startswith(".")]
+    if not versions:
+        raise EmbedderError(f"no model {config.model!r} in {config.repo}; export it first")
+    version = config.version or max(versions, key=lambda v: (0, int(v)) if v.isdigit() else (1, v))
+    if version not in versions:
+        raise EmbedderError(f"{config.model} has no version {version!r}; found {sorted(versions)}")
+    return base / version
+
+
+def identity_for(session: ModelSession) -> CacheIdentity:
+    m = session.manifest
+    sha = m.sha256 if session.precision == "fp32" else m.variants[session.precision].sha256
+    return CacheIdentity.of(m, sha)
+
+
+def read_item(item: SourceItem) -> Prepared:
+    """Read bytes and hash them; text is validated here."""
+    if item.text is not None:
+        try:
+            raw = item.text.encode("utf-8")
+        except UnicodeEncodeError:
+            key = content_key(item.text.encode("utf-8", "surrogateescape"))
+            return Prepared(item, key, error="not valid UTF-8")
+        if not item.text.strip():
+            return Prepared(item, content_key(raw), error="empty text")
+        return Prepared(item, content_key(raw), raw=item.text)
+    try:
+        data = item.path.read_bytes()
+    except OSError as exc:
+        return Prepared(item, "", error=f"cannot read file: {exc.strerror or exc}")
+    return Prepared(item, content_key(data), raw=data)
+
+
+class CacheWriter:
+    """Buffers rows and writes a shard every `shard_rows`; failures go to their own table."""
+
+    def __init__(self, cache: EmbeddingCache, shard_rows: int):
+        self.cache, self.shard_rows = cache, shard_rows
+        self.rows: list[tuple[str, np.ndarray, str | None, str | None]] = []
+        self.failures: list[tuple[str, str, str]] = []
+        self._buffered: set[str] = set()
+
+    def add(self, key: str, vector: np.ndarray, label: str | None, source: str | None) -> None:
+        if key in self.cache.keys or key in self._buffered:  # two requests raced on one input
+            return
+        self._buffered.add(key)
+        self.rows.append((key, vector, label, source))
+        if len(self.rows) >= self.shard_rows:
+            self.flush()
+
+    def fail(self, key: str, source: str, reason: str) -> None:
+        self.failures.append((key, source, reason))
+
+    def flush(self) -> None:
+        if self.rows:
+            keys, vectors, labels, sources = zip(*self.rows, strict=True)
+            self.cache.append(list(keys), np.stack(vectors), list(labels), list(sources))
+            self.rows, self._buffered = [], set()
+        if self.failures:
+            self.cache.append_failures(self.failures)
+            self.failures = []
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="item", disable=not enabled, smoothing=0.1, dynamic_ncols=True)
+
+
+def prepare_stream(items: list[SourceItem], prepare: Callable[[SourceItem], Prepared],
+                   workers: int, ahead: int) -> Iterator[Prepared]:  # fmt: skip
+    """`prepare` on a thread pool, results in input order, at most `ahead` items in flight."""
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        window: list[Future] = []
+        for item in items:
+            window.append(pool.submit(prepare, item))
+            if len(window) >= ahead:
+                yield window.pop(0).result()
+        for future in window:
+            yield future.result()
+
+
+def export_features(items: Iterable[SourceItem], config: BatchExportConfig) -> Summary:
+    """Embed every item not already cached; returns what happened."""
+    if config.engine == "ray":
+        from .ray_engine import export_with_ray
+
+        return export_with_ray(list(items), config)
+    started = time.perf_counter()
+    items = list(items)
+    session = open_model(config) if config.engine == "local" else None
+    if session is not None:
+        manifest, identity = session.manifest, identity_for(session)
+    else:
+        manifest, identity = _server_model(config)
+    cache = EmbeddingCache(config.cache, identity)
+    summary = Summary(total=len(items), dataset=cache.folder)
+    writer = CacheWriter(cache, config.shard_rows)
+    known = cache.keys | cache.failed
+    prepare = _preparer(manifest, session.folder if session else None, known, config)
+    seen: set[str] = set()
+    batch: list[Prepared] = []
+    with ExitStack() as stack, _progress(len(items), config.progress) as bar:
+        if session is not None:
+            embed = _local_embedder(session, config)
+        else:
+            embed = _server_embedder(config, manifest, stack)
+        stream = prepare_stream(items, prepare, config.decode_workers, config.batch_size * 4)
+        for prepared in stream:
+            bar.update(1)
+            if prepared.key in cache.failed:  # failed in an earlier run: counted, not retried
+                summary.failed += 1
+                continue
+            if prepared.key and prepared.key in seen:
+                summary.duplicates += 1
+                continue
+            seen.add(prepared.key)
+            if prepared.error is not None:
+                summary.failed += 1
+                writer.fail(prepared.key, prepared.item.source, prepared.error)
+                continue
+            if prepared.key in cache.keys:
+                summary.from_cache += 1
+                continue
+            batch.append(prepared)
+            if len(batch) >= config.batch_size:
+                _embed_batch(batch, embed, writer, summary)
+                batch = []
+        if batch:
+            _embed_batch(batch, embed, writer, summary)
+    writer.flush()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _embed_batch(batch: list[Prepared], embed, writer: CacheWriter, summary: Summary) -> None:
+    vectors, failures = embed(batch)
+    failed = dict(failures)
+    done = [p for i, p in enumerate(batch) if i not in failed]
+    for i, reason in failures:
+        writer.fail(batch[i].key, batch[i].item.source, reason)
+    for prepared, vector in zip(done, vectors, strict=True):
+        writer.add(prepared.key, vector, prepared.item.label, prepared.item.source)
+    summary.embedded += len(done)
+    summary.failed += len(failures)
+
+
+def _preparer(manifest: Manifest, folder: Path | None, known: Container[str], config):
+    """Read, hash, skip keys `known` from earlier runs, decode + preprocess (local engines)."""
+    pre = Preprocessor(manifest, folder, config.max_image_pixels) if folder else None
+
+    def prepare(item: SourceItem) -> Prepared:
+        prepared = read_item(item)
+        if prepared.error or prepared.key in known:
+            return prepared
+        if manifest.modality == "image" and item.path is None:
+            prepared.error = "text given to an image model"
+        elif manifest.modality == "text" and item.text is None:
+            prepared.error = "file given to a text model; pass a table of texts"
+        elif pre is not None and manifest.modality == "image":
+            try:
+                prepared.array = pre.image(0, RawItem("image", prepared.raw))
+                prepared.raw = None
+            except InputError as exc:
+                prepared.error = str(exc).removeprefix("item 0: ")
+        return prepared
+
+    return prepare
+
+
+def _local_embedder(session: ModelSession, config: BatchExportConfig):
+    pre = Preprocessor(session.manifest, session.folder, config.max_image_pixels)
+
+    def embed(batch: list[Prepared]) -> tuple[np.ndarray, list[tuple[int, str]]]:
+        if session.manifest.modality == "text":
+            arrays = pre.texts([p.raw for p in batch])
+        else:
+            arrays = [p.array for p in batch]
+        return session.run(pre.collate(arrays)), []
+
+    return embed
+
+
+_ITEM = re.compile(r"^item (\d+): ")
+
+
+def _server_embedder(config: BatchExportConfig, manifest: Manifest, stack: ExitStack):
+    """Sends raw bytes / texts; an item the server rejects is recorded and the rest resent."""
+    import grpc
+
+    from protos.embedder.v1 import embedder_pb2 as pb
+
+    from .client import EmbedderClient, embed_request
+
+    client = stack.enter_context(EmbedderClient(config.server))
+
+    def embed(batch: list[Prepared]) -> tuple[np.ndarray, list[tuple[int, str]]]:
+        alive, failures = list(range(len(batch))), []
+        while alive:
+            kind = "text" if manifest.modality == "text" else "image"
+            items = [pb.Item(**{kind: batch[i].raw}) for i in alive]
+            try:
+                result = client.embed(embed_request(config.model, items, version=config.version))
+                return result.embeddings, failures
+            except grpc.RpcError as exc:
+                match = _ITEM.match(exc.details() or "")
+                if exc.code() != grpc.StatusCode.INVALID_ARGUMENT or not match:
+                    what = f"{exc.code().name}: {exc.details()}"
+                    raise EmbedderError(f"server {config.server}: {what}") from exc
+                bad = alive.pop(int(match.group(1)))
+                failures.append((bad, exc.details()[match.end() :]))
+        return np.zeros((0, manifest.dim), np.float32), failures
+
+    return embed
+
+
+def _server_model(config: BatchExportConfig) -> tuple[Manifest, CacheIdentity]:
+    """The served model's manifest, and the cache identity of the file the server runs."""
+    import json
+
+    from protos.embedder.v1 import embedder_pb2 as pb
+
+    from .client import EmbedderClient
+
+    if not config.server:
+        raise EmbedderError("engine 'server' needs --server host:port")
+    with EmbedderClient(config.server) as client:
+        info = client.stub.GetModel(pb.GetModelRequest(model=config.model, version=config.version))
+    manifest = Manifest.from_dict(json.loads(info.manifest_json))
+    sha = manifest.sha256 if info.precision == "fp32" else manifest.variants[info.precision].sha256
+    return manifest, CacheIdentity.of(manifest, sha)

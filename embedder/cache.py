@@ -1,0 +1,182 @@
+"""The content-addressed embedding cache: Parquet shards, one dataset per model and preprocessing.
+
+    <root>/<model>/<version>/<digest>/
+        dataset.json            model, version, dim, model and preprocessing digests
+        embeddings/*.parquet    key, embedding fixed_size_list<float32>[D], label, source
+        failures/*.parquet      key, source, reason
+
+`digest` hashes the sha256 of the ONNX file actually run with the manifest's preprocessing, so
+a cache row's effective key is (model digest, preprocessing digest, sha256 of the raw input
+bytes): the same bytes through another model or crop never collide. Shards are written to a
+temporary name and renamed into place, so a killed run leaves no torn file; a rerun skips every
+key already present. `embeddings/` is a plain Parquet dataset that pandas, polars or duckdb read
+with no project code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import EmbedderError
+from .manifest import Manifest
+
+EMBEDDINGS, FAILURES = "embeddings", "failures"
+
+
+class CacheError(EmbedderError):
+    """The cache folder belongs to another model or is unreadable."""
+
+
+def content_key(data: bytes | str) -> str:
+    """sha256 of the raw input bytes (text: its UTF-8 bytes)."""
+    return hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()
+
+
+@dataclass(frozen=True)
+class CacheIdentity:
+    model: str
+    version: str
+    dim: int
+    model_sha256: str  # of the ONNX file that computes the embeddings
+    preprocess_sha256: str
+
+    @classmethod
+    def of(cls, manifest: Manifest, model_sha256: str) -> CacheIdentity:
+        pre = json.dumps(asdict(manifest.preprocess), sort_keys=True).encode()
+        return cls(manifest.name, manifest.version, manifest.dim, model_sha256,
+                   hashlib.sha256(pre).hexdigest())  # fmt: skip
+
+    @property
+    def digest(self) -> str:
+        both = f"{self.model_sha256}:{self.preprocess_sha256}".encode()
+        return hashlib.sha256(both).hexdigest()[:16]
+
+
+def schema(dim: int, identity: CacheIdentity | None = None) -> pa.Schema:
+    fields = [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float32(), dim), nullable=False),
+        pa.field("label", pa.string()),
+        pa.field("source", pa.string()),
+    ]
+    metadata = {"embedder": json.dumps(asdict(identity))} if identity else None
+    return pa.schema(fields, metadata=metadata)
+
+
+FAILURE_SCHEMA = pa.schema([("key", pa.string()), ("source", pa.string()), ("reason", pa.string())])
+
+
+def _write_atomically(table: pa.Table, folder: Path, prefix: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{prefix}-{os.getpid()}-{threading.get_ident()}-{os.urandom(4).hex()}.parquet"
+    tmp, final = folder / f".{name}.tmp", folder / name
+    pq.write_table(table, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)  # readers see the whole shard or none of it
+    return final
+
+
+def embeddings_table(keys, vectors: np.ndarray, labels, sources, identity=None) -> pa.Table:
+    dim = vectors.shape[1]
+    flat = pa.array(np.ascontiguousarray(vectors, np.float32).reshape(-1), pa.float32())
+    column = pa.FixedSizeListArray.from_arrays(flat, dim)
+    return pa.Table.from_arrays(
+        [pa.array(keys, pa.string()), column, pa.array(labels, pa.string()),
+         pa.array(sources, pa.string())],
+        schema=schema(dim, identity),
+    )  # fmt: skip
+
+
+class EmbeddingCache:
+    """One dataset folder; appends in shards; knows which keys it holds."""
+
+    def __init__(self, root: str | Path, identity: CacheIdentity):
+        self.identity = identity
+        self.folder = Path(root) / identity.model / identity.version / identity.digest
+        self._check_or_write_identity()
+        self.keys: set[str] = set(self._read_column(EMBEDDINGS, "key"))
+        self.failed: set[str] = set(self._read_column(FAILURES, "key"))
+
+    def _check_or_write_identity(self) -> None:
+        path = self.folder / "dataset.json"
+        if path.exists():
+            found = json.loads(path.read_text())
+            if found != asdict(self.identity):
+                raise CacheError(f"{self.folder} belongs to {found}, not {asdict(self.identity)}")
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self.identity), indent=2) + "\n")
+        os.replace(tmp, path)
+
+    def shard_files(self, kind: str = EMBEDDINGS) -> list[Path]:
+        folder = self.folder / kind
+        return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+
+    def _read_column(self, kind: str, column: str) -> list[str]:
+        files = self.shard_files(kind)
+        if not files:
+            return []
+        return pq.ParquetDataset(files).read(columns=[column]).column(column).to_pylist()
+
+    def append(self, keys: list[str], vectors: np.ndarray, labels=None, sources=None) -> None:
+        if not keys:
+            return
+        labels = labels if labels is not None else [None] * len(keys)
+        sources = sources if sources is not None else [None] * len(keys)
+        table = embeddings_table(keys, vectors, labels, sources, self.identity)
+        _write_atomically(table, self.folder / EMBEDDINGS, "shard")
+        self.keys.update(keys)
+
+    def append_failures(self, rows: list[tuple[str, str, str]]) -> None:
+        if not rows:
+            return
+        keys, sources, reasons = zip(*rows, strict=True)
+        table = pa.table({"key": keys, "source": sources, "reason": reasons}, FAILURE_SCHEMA)
+        _write_atomically(table, self.folder / FAILURES, "failed")
+        self.failed.update(keys)
+
+    def lookup(self) -> dict[str, np.ndarray]:
+        """Every cached key -> its embedding (the server's in-memory view)."""
+        if not self.shard_files():
+            return {}
+        features = load_features(self.folder)
+        return dict(zip(features.keys, features.X, strict=True))
+
+
+@dataclass(frozen=True)
+class Features:
+    X: np.ndarray  # (N, D) float32
+    y: np.ndarray | None  # labels (object array of str) when every row has one
+    keys: np.ndarray
+    sources: np.ndarray
+
+
+def load_features(path: str | Path) -> Features:
+    """Read a dataset folder (or its embeddings/ folder, or one shard) without a Python loop."""
+    path = Path(path)
+    if (path / EMBEDDINGS).is_dir():
+        path = path / EMBEDDINGS
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    if not files:
+        raise CacheError(f"no embedding shards under {path}; run the batch export first")
+    table = pq.ParquetDataset(files).read()
+    column = table.column("embedding").combine_chunks()
+    if not pa.types.is_fixed_size_list(column.type):
+        raise CacheError(f"{path}: 'embedding' is {column.type}, not fixed_size_list<float32>")
+    X = column.flatten().to_numpy().reshape(len(column), column.type.list_size)
+    labels = table.column("label")
+    y = labels.to_numpy(zero_copy_only=False) if labels.null_count == 0 and len(labels) else None
+    keys = table.column("key").to_numpy(zero_copy_only=False)
+    sources = table.column("source").to_numpy(zero_copy_only=False)
+    return Features(X.astype(np.float32, copy=False), y, keys, sources)

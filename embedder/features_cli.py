@@ -1,0 +1,76 @@
+"""embedder-features: embed a dataset into the cache, and look at what a cache holds."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .batch_export import BatchExportConfig, export_features
+from .cache import load_features
+from .errors import EmbedderError
+from .sources import image_folder, path_list, text_table
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = BatchExportConfig()
+    p = argparse.ArgumentParser(prog="embedder-features", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("export", help="embed a dataset into the cache")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", type=Path, help="folder of images (recursive)")
+    src.add_argument("--paths", type=Path, help="text file listing image paths, one per line")
+    src.add_argument("--texts", type=Path, help="CSV / TSV / JSONL / Parquet file of texts")
+    e.add_argument("--labels-from-folders", action="store_true", help="label = sub-folder name")
+    e.add_argument("--text-column", default="text")
+    e.add_argument("--label-column")
+    e.add_argument("--model", default=d.model)
+    e.add_argument("--version", default=d.version)
+    e.add_argument("--repo", type=Path, default=d.repo)
+    e.add_argument("--cache", type=Path, default=d.cache)
+    e.add_argument("--engine", default=d.engine, choices=("local", "server", "ray"))
+    e.add_argument("--server", help="host:port of embedder-serve (engine server)")
+    e.add_argument("--ray-address", help="Ray cluster address (engine ray; default: local Ray)")
+    e.add_argument("--ray-actors", type=int, default=d.ray_actors)
+    e.add_argument("--batch-size", type=int, default=d.batch_size)
+    e.add_argument("--decode-workers", type=int, default=d.decode_workers)
+    e.add_argument("--shard-rows", type=int, default=d.shard_rows)
+    e.add_argument("--provider", default=d.provider, choices=("auto", "cpu", "cuda", "tensorrt"))
+    e.add_argument("--no-progress", action="store_true")
+    s = sub.add_parser("show", help="rows, dimension and labels of a cached dataset")
+    s.add_argument("path", type=Path)
+    return p
+
+
+def _items(args: argparse.Namespace):
+    if args.images:
+        return image_folder(args.images, args.labels_from_folders)
+    if args.paths:
+        return path_list(args.paths)
+    return text_table(args.texts, args.text_column, args.label_column)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "show":
+            f = load_features(args.path)
+            labels = "none" if f.y is None else f"{len(set(f.y))} classes"
+            print(f"{f.X.shape[0]} rows x {f.X.shape[1]} dims, labels: {labels}")
+            return 0
+        config = BatchExportConfig(
+            repo=args.repo, model=args.model, version=args.version, cache=args.cache,
+            engine=args.engine, server=args.server, batch_size=args.batch_size,
+            decode_workers=args.decode_workers, shard_rows=args.shard_rows,
+            provider=args.provider, ray_address=args.ray_address, ray_actors=args.ray_actors,
+            progress=not args.no_progress,
+        )  # fmt: skip
+        print(export_features(_items(args), config))
+    except (EmbedderError, OSError) as exc:
+        print(f"embedder-features: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Batch export on Ray Data: an actor pool, one onnxruntime session per actor.
+
+Actors run the same reading, hashing and preprocessing code as the local engine; the driver
+writes the cache, so deduplication, failures and atomic shards behave identically. Works on a
+local `ray.init()` and on a cluster (`--ray-address auto` or `ray://head:10001`) where every
+node can read the input paths and the model repository.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from .batch_export import (
+    BatchExportConfig,
+    CacheWriter,
+    Prepared,
+    Summary,
+    _model_folder,
+    _preparer,
+    _progress,
+    identity_for,
+    open_model,
+)
+from .cache import EmbeddingCache
+from .errors import EmbedderError
+from .inputs import Preprocessor
+from .sources import SourceItem
+
+OUTPUT_COLUMNS = ("key", "embedding", "label", "source", "status", "reason")
+
+
+class RayEmbedder:
+    """Ray Data callable class: a session per actor, one Arrow table in, one out."""
+
+    def __init__(self, config: BatchExportConfig, known: set[str]):
+        self.session = open_model(config)
+        self.known = known
+        m, folder = self.session.manifest, self.session.folder
+        self.pre = Preprocessor(m, folder, config.max_image_pixels)
+        self.prepare = _preparer(m, folder, known, config)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        items = [
+            SourceItem(r["source"], r["label"], path=r["path"] and Path(r["path"]), text=r["text"])
+            for r in batch.to_pylist()
+        ]
+        prepared = [self.prepare(item) for item in items]
+        todo = [p for p in prepared if p.error is None and p.key not in self.known]
+        vectors = self._embed(todo)
+        dim = self.session.manifest.dim
+        out = np.zeros((len(prepared), dim), np.float32)
+        status, reasons = [], []
+        rows = iter(vectors)
+        for i, p in enumerate(prepared):
+            if p.error is not None:
+                status.append("failed"), reasons.append(p.error)
+            elif p.key in self.known:
+                status.append("cached"), reasons.append(None)
+            else:
+                out[i] = next(rows)
+                status.append("ok"), reasons.append(None)
+        flat = pa.array(out.reshape(-1), pa.float32())
+        return pa.table({
+            "key": [p.key for p in prepared],
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),  # plain Parquet type
+            "label": pa.array([p.item.label for p in prepared], pa.string()),
+            "source": [p.item.source for p in prepared],
+            "status": status,
+            "reason": pa.array(reasons, pa.string()),
+        })  # fmt: skip
+
+    def _embed(self, todo: list[Prepared]) -> np.ndarray:
+        if not todo:
+            return np.zeros((0, self.session.manifest.dim), np.float32)
+        if self.session.manifest.modality == "text":
+            arrays = self.pre.texts([p.raw for p in todo])
+        else:
+            arrays = [p.array for p in todo]
+        return self.session.run(self.pre.collate(arrays))
+
+
+def _init_ray(config: BatchExportConfig):
+    try:
+        import ray
+    except ImportError as exc:
+        raise EmbedderError("the ray engine needs Ray: pip install 'embedder[ray]'") from exc
+    if not ray.is_initialized():
+        if config.ray_address:
+            ray.init(address=config.ray_address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+def export_with_ray(items: list[SourceItem], config: BatchExportConfig) -> Summary:
+    started = time.perf_counter()
+    ray = _init_ray(config)
+    _model_folder(config)  # fail fast in the driver when the model is missing
+    identity = identity_for(open_model(config))
+    cache = EmbeddingCache(config.cache, identity)
+    summary = Summary(total=len(items), dataset=cache.folder)
+    writer = CacheWriter(cache, config.shard_rows)
+    rows = [{"source": it.source, "label": it.label, "path": str(it.path) if it.path else None,
+             "text": it.text} for it in items]  # fmt: skip
+    known = cache.keys | cache.failed
+    blocks = max(1, len(rows) // (config.batch_size * 8))
+    dataset = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
+        RayEmbedder,
+        fn_constructor_kwargs={"config": config, "known": known},
+        batch_size=config.batch_size,
+        batch_format="pyarrow",
+        concurrency=config.ray_actors,
+        num_cpus=1,
+    )
+    seen: set[str] = set()
+    with _progress(len(items), config.progress) as bar:
+        for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            _collect(table, cache, writer, summary, seen)
+            bar.update(table.num_rows)
+    writer.flush()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _collect(table: pa.Table, cache, writer: CacheWriter, summary: Summary, seen: set[str]) -> None:
+    vectors = table.column("embedding").combine_chunks()
+    matrix = vectors.flatten().to_numpy().reshape(len(vectors), vectors.type.list_size)
+    for i, row in enumerate(
+        table.select(["key", "label", "source", "status", "reason"]).to_pylist()
+    ):
+        key = row["key"]
+        if key in cache.failed:  # failed in an earlier run: counted, not retried
+            summary.failed += 1
+            continue
+        if key and key in seen:
+            summary.duplicates += 1
+            continue
+        seen.add(key)
+        if row["status"] == "failed":
+            summary.failed += 1
+            writer.fail(key, row["source"], row["reason"])
+        elif row["status"] == "cached" or key in cache.keys:
+            summary.from_cache += 1
+        else:
+            summary.embedded += 1
+            writer.add(key, matrix[i], row["label"], row["source"])

@@ -1,0 +1,97 @@
+"""Where batch inputs come from: an image folder, a table of texts, or a list of paths.
+
+Each yields `SourceItem`s lazily; bytes are read by the workers that decode them, so a huge
+folder costs no memory up front.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import EmbedderError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+class SourceError(EmbedderError):
+    """The input folder or table cannot be read as asked."""
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    source: str  # file path, or "<table>:<row>" for texts
+    label: str | None
+    path: Path | None = None  # image file to read
+    text: str | None = None  # or the text itself
+
+
+def image_folder(root: str | Path, labels_from_folders: bool = False) -> Iterator[SourceItem]:
+    """Every image file under `root` (recursive, sorted); label = first sub-folder name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SourceError(f"{root} is not a folder of images")
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        parts = path.relative_to(root).parts
+        if labels_from_folders and len(parts) < 2:
+            raise SourceError(f"{path} is not inside a class sub-folder of {root}")
+        yield SourceItem(str(path), parts[0] if labels_from_folders else None, path=path)
+
+
+def path_list(list_file: str | Path) -> Iterator[SourceItem]:
+    """A text file with one image path per line (relative paths: relative to the list file)."""
+    list_file = Path(list_file)
+    for line in list_file.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            path = Path(line.strip())
+            path = path if path.is_absolute() else list_file.parent / path
+            yield SourceItem(str(path), None, path=path)
+
+
+def text_table(path: str | Path, text_column: str = "text", label_column: str | None = None):
+    """Texts from a CSV, JSONL or Parquet file; an empty or missing text becomes a failure."""
+    path = Path(path)
+    rows = _read_rows(path, [c for c in (text_column, label_column) if c])
+    for i, row in enumerate(rows):
+        label = row.get(label_column) if label_column else None
+        text = row.get(text_column)
+        yield SourceItem(f"{path.name}:{i}", None if label is None else str(label),
+                         text="" if text is None else str(text))  # fmt: skip
+
+
+def _read_rows(path: Path, columns: list[str]) -> Iterator[dict]:
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        _check_columns(path, table.column_names, columns)
+        yield from table.select(columns).to_pylist()
+    elif suffix in (".jsonl", ".ndjson"):
+        # surrogateescape: a line that is not UTF-8 becomes one failed item, not a failed run
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise SourceError(f"{path}:{n}: not JSON ({exc})") from exc
+                    _check_columns(path, list(row), columns)
+                    yield row
+    elif suffix in (".csv", ".tsv"):
+        import csv
+
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            _check_columns(path, reader.fieldnames or [], columns)
+            yield from reader
+    else:
+        raise SourceError(f"{path}: use a .csv, .tsv, .jsonl or .parquet file of texts")
+
+
+def _check_columns(path: Path, have: list[str], want: list[str]) -> None:
+    missing = [c for c in want if c not in have]
+    if missing:
+        raise SourceError(f"{path} has no column {missing[0]!r}; columns: {', '.join(have)}")

@@ -1,0 +1,220 @@
+"""Batch feature export: real image files (corrupt ones too), real Parquet, all engines."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from embedder.batch_export import BatchExportConfig, export_features
+from embedder.cache import load_features
+from embedder.manifest import Manifest
+from embedder.preprocess import TextTokenizer, preprocess_image_bytes
+from embedder.sources import image_folder, text_table
+
+
+def make_images(root, per_class=6, size=(48, 40)):
+    rng = np.random.default_rng(0)
+    for label in ("cats", "dogs"):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            fmt = "png" if i % 2 else "jpg"
+            Image.fromarray(pixels).save(root / label / f"{i}.{fmt}")
+    (root / "cats" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff this is not a jpeg")
+    good = (root / "dogs" / "0.jpg").read_bytes()
+    (root / "dogs" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (root / "dogs" / "copy_of_0.jpg").write_bytes(good)  # identical content: embedded once
+    (root / "dogs" / "notes.txt").write_text("not an image, not listed")
+    return root
+
+
+@pytest.fixture
+def images(tmp_path):
+    return make_images(tmp_path / "images")
+
+
+def config(repo, cache, **kw):
+    return BatchExportConfig(repo=repo, model="tiny_image", cache=cache, batch_size=4,
+                             shard_rows=5, progress=False, **kw)  # fmt: skip
+
+
+def expected_embeddings(repo, paths):
+    cfg = Manifest.read(repo / "tiny_image" / "1").preprocess
+    pixels = np.stack([preprocess_image_bytes(p.read_bytes(), cfg) for p in paths])
+    session = ort.InferenceSession(str(repo / "tiny_image" / "1" / "model.onnx"))
+    return session.run(["features"], {"pixels": pixels})[0]
+
+
+def rows_by_key(dataset):
+    f = load_features(dataset)
+    order = np.argsort(f.keys)
+    return f.keys[order], f.X[order], (None if f.y is None else f.y[order]), f.sources[order]
+
+
+def test_local_export_embeds_labels_and_records_failures(tiny_repo, images, tmp_path):
+    summary = export_features(
+        image_folder(images, labels_from_folders=True), config(tiny_repo, tmp_path / "c")
+    )
+    assert (summary.total, summary.embedded, summary.duplicates, summary.failed) == (15, 12, 1, 2)
+    f = load_features(summary.dataset)
+    assert f.X.shape == (12, 24)
+    sources = [str(s) for s in f.sources]
+    from pathlib import Path
+
+    np.testing.assert_allclose(
+        f.X, expected_embeddings(tiny_repo, [Path(s) for s in sources]), atol=1e-5
+    )
+    assert {s.split("/")[-2]: y for s, y in zip(sources, f.y, strict=True)} == {
+        "cats": "cats",
+        "dogs": "dogs",
+    }
+    failures = (
+        pq.ParquetDataset(sorted((summary.dataset / "failures").glob("*.parquet")))
+        .read()
+        .to_pylist()
+    )
+    reasons = {r["source"].rsplit("/", 1)[-1]: r["reason"] for r in failures}
+    assert reasons["corrupt.jpg"] == "cannot decode image: not a recognised image format"
+    assert "truncated" in reasons["truncated.jpg"].lower()
+    assert json.loads((summary.dataset / "dataset.json").read_text())["dim"] == 24
+
+
+def test_rerun_is_all_cache_and_writes_nothing(tiny_repo, images, tmp_path):
+    cfg = config(tiny_repo, tmp_path / "c")
+    first = export_features(image_folder(images, True), cfg)
+    shards = sorted(p.name for p in first.dataset.rglob("*.parquet"))
+    again = export_features(image_folder(images, True), cfg)
+    assert (again.embedded, again.from_cache, again.duplicates, again.failed) == (0, 12, 1, 2)
+    assert sorted(p.name for p in again.dataset.rglob("*.parquet")) == shards
+
+
+def test_new_files_only_are_embedded(tiny_repo, images, tmp_path):
+    cfg = config(tiny_repo, tmp_path / "c")
+    export_features(image_folder(images, True), cfg)
+    Image.new("RGB", (50, 50), (1, 2, 3)).save(images / "cats" / "new.png")
+    again = export_features(image_folder(images, True), cfg)
+    assert (again.embedded, again.from_cache) == (1, 12)
+
+
+def test_text_tables_with_bad_lines(tiny_repo, tmp_path):
+    jsonl = tmp_path / "texts.jsonl"
+    with open(jsonl, "wb") as f:
+        f.write(b'{"text": "the cat sat", "label": "pets"}\n')
+        f.write(b'{"text": "stock market fell", "label": "money"}\n')
+        f.write(b'{"text": "caf\xe9 latin-1", "label": "money"}\n')  # not UTF-8
+        f.write(b'{"text": "   ", "label": "pets"}\n')  # empty
+        f.write(b'{"text": "the cat sat", "label": "pets"}\n')  # duplicate
+    cfg = BatchExportConfig(repo=tiny_repo, model="tiny_text", cache=tmp_path / "c", progress=False)
+    summary = export_features(text_table(jsonl, "text", "label"), cfg)
+    assert (summary.embedded, summary.failed, summary.duplicates) == (2, 2, 1)
+    keys, X, y, sources = rows_by_key(summary.dataset)
+    folder = tiny_repo / "tiny_text" / "1"
+    tok = TextTokenizer(folder / "tokenizer.json", Manifest.read(folder).preprocess)
+    session = ort.InferenceSession(str(folder / "model.onnx"))
+    by_source = dict(zip(sources, X, strict=True))
+    np.testing.assert_allclose(
+        by_source["texts.jsonl:0"], session.run(["features"], tok(["the cat sat"]))[0][0], atol=1e-5
+    )
+    failures = (
+        pq.ParquetDataset(sorted((summary.dataset / "failures").glob("*.parquet")))
+        .read()
+        .to_pylist()
+    )
+    assert sorted(r["reason"] for r in failures) == ["empty text", "not valid UTF-8"]
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_csv_and_parquet_sources(tiny_repo, tmp_path, suffix):
+    import pyarrow as pa
+
+    path = tmp_path / f"t.{suffix}"
+    table = pa.table({"body": ["the dog", "a cup of coffee"], "topic": ["a", "b"]})
+    if suffix == "csv":
+        path.write_text("body,topic\nthe dog,a\na cup of coffee,b\n")
+    else:
+        pq.write_table(table, path)
+    cfg = BatchExportConfig(repo=tiny_repo, model="tiny_text", cache=tmp_path / "c", progress=False)
+    summary = export_features(text_table(path, "body", "topic"), cfg)
+    assert summary.embedded == 2 and sorted(load_features(summary.dataset).y) == ["a", "b"]
+    with pytest.raises(Exception, match="no column 'text'"):
+        list(text_table(path, "text"))
+
+
+def test_kill_9_then_resume_equals_a_clean_run(tiny_repo, tmp_path):
+    images = tmp_path / "many"
+    rng = np.random.default_rng(1)
+    images.mkdir()
+    for i in range(400):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+            images / f"{i:03d}.png"
+        )
+    killed_cache, clean_cache = tmp_path / "killed", tmp_path / "clean"
+    cmd = [sys.executable, "-m", "embedder.features_cli", "export", "--images", str(images),
+           "--repo", str(tiny_repo), "--model", "tiny_image", "--cache", str(killed_cache),
+           "--batch-size", "4", "--shard-rows", "8", "--decode-workers", "1", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(killed_cache.rglob("shard-*.parquet"))) < 3:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    written = len(list(killed_cache.rglob("shard-*.parquet")))
+    assert 3 <= written < 50, "the kill must land in the middle of the run"
+    resumed = export_features(image_folder(images), config(tiny_repo, killed_cache))
+    assert resumed.from_cache >= 3 * 8 and resumed.embedded + resumed.from_cache == 400
+    clean = export_features(image_folder(images), config(tiny_repo, clean_cache))
+    k1, x1, _, s1 = rows_by_key(resumed.dataset)
+    k2, x2, _, s2 = rows_by_key(clean.dataset)
+    assert len(k1) == len(set(k1)) == 400  # nothing embedded twice, nothing lost
+    np.testing.assert_array_equal(k1, k2)
+    np.testing.assert_array_equal(s1, s2)
+    np.testing.assert_allclose(x1, x2, atol=1e-5)
+
+
+def test_server_engine_equals_local(tiny_repo, tiny_server, images, tmp_path):
+    local = export_features(image_folder(images, True), config(tiny_repo, tmp_path / "a"))
+    remote = export_features(image_folder(images, True),
+                             config(tiny_repo, tmp_path / "b", engine="server", server=tiny_server.target))  # fmt: skip
+    assert (remote.embedded, remote.failed, remote.duplicates) == (12, 2, 1)
+    ka, xa, ya, _ = rows_by_key(local.dataset)
+    kb, xb, yb, _ = rows_by_key(remote.dataset)
+    np.testing.assert_array_equal(ka, kb)
+    np.testing.assert_array_equal(ya, yb)
+    np.testing.assert_allclose(xa, xb, atol=1e-5)
+    assert local.dataset.name == remote.dataset.name  # same model file and preprocessing
+
+
+@pytest.mark.distributed
+def test_ray_engine_equals_local(tiny_repo, images, tmp_path):
+    pytest.importorskip("ray")
+    local = export_features(image_folder(images, True), config(tiny_repo, tmp_path / "a"))
+    on_ray = export_features(
+        image_folder(images, True), config(tiny_repo, tmp_path / "r", engine="ray")
+    )
+    assert (on_ray.embedded, on_ray.failed, on_ray.duplicates) == (12, 2, 1)
+    ka, xa, ya, _ = rows_by_key(local.dataset)
+    kr, xr, yr, _ = rows_by_key(on_ray.dataset)
+    np.testing.assert_array_equal(ka, kr)
+    np.testing.assert_array_equal(ya, yr)
+    np.testing.assert_allclose(xa, xr, atol=1e-5)
+    again = export_features(
+        image_folder(images, True), config(tiny_repo, tmp_path / "r", engine="ray")
+    )
+    assert (again.embedded, again.from_cache, again.duplicates, again.failed) == (0, 12, 1, 2)
+
+
+def test_missing_model_is_a_clear_error(tiny_repo, images, tmp_path):
+    from embedder.errors import EmbedderError
+
+    with pytest.raises(EmbedderError, match="no model 'nope'"):
+        export_features(
+            image_folder(images), BatchExportConfig(repo=tiny_repo, model="nope", cache=tmp_path)
+        )
