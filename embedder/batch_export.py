@@ -9,7 +9,9 @@ rows of a clean run.
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 import time
 from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,7 +27,7 @@ from .config import Provider, ServerConfig
 from .errors import EmbedderError, InputError
 from .inputs import Preprocessor, RawItem
 from .manifest import Manifest
-from .runtime import ModelSession, open_session
+from .runtime import CPU, ModelSession, model_file, open_session, provider_chain
 from .sources import SourceItem
 
 Engine = Literal["local", "server", "ray"]
@@ -41,11 +43,15 @@ class BatchExportConfig:
     server: str | None = None  # host:port for engine="server"
     batch_size: int = 32
     decode_workers: int = 2
+    # Batches run side by side, one onnxruntime thread each: on a small machine that keeps
+    # inference going while decode threads take a core, where one 2-thread run would stall.
+    inference_streams: int = min(2, os.cpu_count() or 1)
+    intra_op_threads: int = 1
     shard_rows: int = 2048  # rows per Parquet shard: the most a kill can cost
     provider: Provider = "auto"
     max_image_pixels: int = 40_000_000
     ray_address: str | None = None  # None: a local Ray; "auto" or ray://host:port: a cluster
-    ray_actors: int = 1
+    ray_actors: int = 2  # one onnxruntime thread each (intra_op_threads)
     progress: bool = True
 
 
@@ -78,11 +84,46 @@ class Prepared:
 
 
 def open_model(config: BatchExportConfig) -> ModelSession:
-    server_config = ServerConfig(repository=config.repo, provider=config.provider)
+    server_config = ServerConfig(
+        repository=config.repo, provider=config.provider, intra_op_threads=config.intra_op_threads
+    )
     folder = _model_folder(config)
     manifest = Manifest.read(folder)
     manifest.verify(folder)
     return open_session(folder, manifest, server_config)
+
+
+def planned_identity(manifest: Manifest, provider: Provider) -> CacheIdentity:
+    """The identity of the file a session will run, known without loading it."""
+    import onnxruntime as ort
+
+    on_gpu = provider_chain(provider, ort.get_available_providers())[0] != CPU
+    filename, precision = model_file(manifest, on_gpu, "fp32")
+    sha = manifest.sha256 if precision == "fp32" else manifest.variants[precision].sha256
+    return CacheIdentity.of(manifest, sha)
+
+
+class LazySession:
+    """Opens the model on the first miss: a fully cached rerun never loads it."""
+
+    def __init__(self, config: BatchExportConfig, identity: CacheIdentity):
+        self.config, self.identity = config, identity
+        self._session: ModelSession | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> ModelSession:
+        with self._lock:
+            return self._open()
+
+    def _open(self) -> ModelSession:
+        if self._session is None:
+            self._session = open_model(self.config)
+            if identity_for(self._session) != self.identity:  # e.g. CUDA fell back to CPU
+                raise EmbedderError(
+                    f"{self.config.model}: the session runs {self._session.precision} on "
+                    f"{self._session.providers}, not the file this cache was opened for"
+                )
+        return self._session
 
 
 def _model_folder(config: BatchExportConfig) -> Path:
@@ -178,24 +219,38 @@ def export_features(items: Iterable[SourceItem], config: BatchExportConfig) -> S
         return export_with_ray(list(items), config)
     started = time.perf_counter()
     items = list(items)
-    session = open_model(config) if config.engine == "local" else None
-    if session is not None:
-        manifest, identity = session.manifest, identity_for(session)
+    folder = _model_folder(config) if config.engine == "local" else None
+    if folder is not None:
+        manifest = Manifest.read(folder)
+        identity = planned_identity(manifest, config.provider)
     else:
         manifest, identity = _server_model(config)
     cache = EmbeddingCache(config.cache, identity)
     summary = Summary(total=len(items), dataset=cache.folder)
     writer = CacheWriter(cache, config.shard_rows)
     known = cache.keys | cache.failed
-    prepare = _preparer(manifest, session.folder if session else None, known, config)
+    prepare = _preparer(manifest, folder, known, config)
     seen: set[str] = set()
     batch: list[Prepared] = []
     with ExitStack() as stack, _progress(len(items), config.progress) as bar:
-        if session is not None:
-            embed = _local_embedder(session, config)
+        if folder is not None:
+            pre = Preprocessor(manifest, folder, config.max_image_pixels)
+            embed = _local_embedder(LazySession(config, identity), pre)
         else:
             embed = _server_embedder(config, manifest, stack)
         stream = prepare_stream(items, prepare, config.decode_workers, config.batch_size * 4)
+        # Inference runs in its own threads, so it never waits on this loop; results are
+        # recorded in input order.
+        streams = config.inference_streams
+        infer = stack.enter_context(ThreadPoolExecutor(streams, thread_name_prefix="infer"))
+        in_flight: list[tuple[list[Prepared], Future]] = []
+
+        def submit(batch: list[Prepared]) -> None:
+            in_flight.append((batch, infer.submit(embed, batch)))
+            while len(in_flight) > streams or (in_flight and in_flight[0][1].done()):
+                done_batch, future = in_flight.pop(0)
+                _record_batch(done_batch, future.result(), writer, summary)
+
         for prepared in stream:
             bar.update(1)
             if prepared.key in cache.failed:  # failed in an earlier run: counted, not retried
@@ -214,17 +269,19 @@ def export_features(items: Iterable[SourceItem], config: BatchExportConfig) -> S
                 continue
             batch.append(prepared)
             if len(batch) >= config.batch_size:
-                _embed_batch(batch, embed, writer, summary)
+                submit(batch)
                 batch = []
         if batch:
-            _embed_batch(batch, embed, writer, summary)
+            submit(batch)
+        for done_batch, future in in_flight:
+            _record_batch(done_batch, future.result(), writer, summary)
     writer.flush()
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _embed_batch(batch: list[Prepared], embed, writer: CacheWriter, summary: Summary) -> None:
-    vectors, failures = embed(batch)
+def _record_batch(batch: list[Prepared], result, writer: CacheWriter, summary: Summary) -> None:
+    vectors, failures = result
     failed = dict(failures)
     done = [p for i, p in enumerate(batch) if i not in failed]
     for i, reason in failures:
@@ -258,15 +315,13 @@ def _preparer(manifest: Manifest, folder: Path | None, known: Container[str], co
     return prepare
 
 
-def _local_embedder(session: ModelSession, config: BatchExportConfig):
-    pre = Preprocessor(session.manifest, session.folder, config.max_image_pixels)
-
+def _local_embedder(lazy: LazySession, pre: Preprocessor):
     def embed(batch: list[Prepared]) -> tuple[np.ndarray, list[tuple[int, str]]]:
-        if session.manifest.modality == "text":
+        if pre.manifest.modality == "text":
             arrays = pre.texts([p.raw for p in batch])
         else:
             arrays = [p.array for p in batch]
-        return session.run(pre.collate(arrays)), []
+        return lazy.get().run(pre.collate(arrays)), []
 
     return embed
 

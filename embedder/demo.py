@@ -3,6 +3,8 @@
 1. Export every default backbone (fp32 + fp16 + int8) into a model repository; print a table.
 2. Start the gRPC server on that repository, embed the bundled sample photos and sentences
    through it, print their cosine similarities, stop the server.
+3. Write a bundled labelled dataset (scikit-image's faces / non-faces) to image files and
+   batch-export it with MobileNetV2 into the embedding cache.
 """
 
 from __future__ import annotations
@@ -83,12 +85,43 @@ async def embed_through_server(repo: Path) -> None:
     print("\nServer stopped.")
 
 
+def write_faces_dataset(folder: Path) -> Path:
+    """skimage's lfw_subset (100 faces, 100 non-faces, 25x25 grey) as PNG files per class."""
+    import skimage.data
+    from PIL import Image
+
+    images = skimage.data.lfw_subset()
+    for i, image in enumerate(images):
+        label = "face" if i < 100 else "nonface"  # the documented order of lfw_subset
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image * 255).astype(np.uint8)).save(folder / label / f"{i:03d}.png")
+    return folder
+
+
+def embed_dataset(repo: Path, cache: Path, data: Path) -> None:
+    from embedder.batch_export import BatchExportConfig, export_features
+    from embedder.cache import load_features
+    from embedder.sources import image_folder
+
+    folder = write_faces_dataset(data / "lfw_subset")
+    config = BatchExportConfig(repo=repo, model="mobilenet_v2", cache=cache)
+    print(f"\nBatch export of {folder} with mobilenet_v2:")
+    summary = export_features(image_folder(folder, labels_from_folders=True), config)
+    print(f"  {summary}")
+    features = load_features(summary.dataset)
+    counts = dict(zip(*np.unique(features.y, return_counts=True), strict=True))
+    print(f"  load_features -> X {features.X.shape} {features.X.dtype}, labels {counts}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="embedder-demo", description=__doc__)
     parser.add_argument("--repo", type=Path, default=Path("models"), help="model repository")
+    parser.add_argument("--cache", type=Path, default=Path("cache"), help="embedding cache")
+    parser.add_argument("--data", type=Path, default=Path("data"), help="where datasets are written")
     args = parser.parse_args(argv)
     export_defaults(args.repo)
     asyncio.run(embed_through_server(args.repo))
+    embed_dataset(args.repo, args.cache, args.data)
     return 0
 
 
