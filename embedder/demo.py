@@ -109,7 +109,8 @@ def embed_dataset(repo: Path, cache: Path, data: Path) -> None:
     summary = export_features(image_folder(folder, labels_from_folders=True), config)
     print(f"  {summary}")
     features = load_features(summary.dataset)
-    counts = dict(zip(*np.unique(features.y, return_counts=True), strict=True))
+    names, counts = np.unique(features.y, return_counts=True)
+    counts = {str(k): int(v) for k, v in zip(names, counts, strict=True)}
     print(f"  load_features -> X {features.X.shape} {features.X.dtype}, labels {counts}")
 
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="embedder-demo", description=__doc__)
     parser.add_argument("--repo", type=Path, default=Path("models"), help="model repository")
     parser.add_argument("--cache", type=Path, default=Path("cache"), help="embedding cache")
-    parser.add_argument("--data", type=Path, default=Path("data"), help="where datasets are written")
+    parser.add_argument("--data", type=Path, default=Path("data"), help="datasets written here")
     args = parser.parse_args(argv)
     export_defaults(args.repo)
     asyncio.run(embed_through_server(args.repo))
