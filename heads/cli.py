@@ -1,0 +1,187 @@
+"""embedder-heads: train, evaluate, few-shot curve and compare heads on cached embeddings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import HeadError
+from .train import HeadConfig, train_head
+
+
+def _load(path: Path):
+    from embedder.cache import load_features
+
+    features = load_features(path)
+    meta = (
+        json.loads((Path(path) / "dataset.json").read_text())
+        if (Path(path) / "dataset.json").exists()
+        else {}
+    )
+    return features, meta
+
+
+def _config(args: argparse.Namespace) -> HeadConfig:
+    return HeadConfig(
+        kind=args.kind,
+        scaling=args.scaling,
+        folds=args.folds,
+        class_weight="balanced" if args.balanced else None,
+        seed=args.seed,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .persist import save_head
+
+    features, meta = _load(args.features)
+    head = train_head(features.X, features.y, _config(args))
+    backbone = {k: meta.get(k) for k in ("model", "version")} | {
+        "digest": str(Path(args.features).name)
+    }
+    save_head(head, args.out, backbone, features.X.shape[1])
+    print(
+        f"{head.config.kind}: C={head.C:.4g}, CV accuracy {max(head.cv_scores.values()):.4f}, "
+        f"{head.fits} fits in {head.fit_seconds:.1f} s -> {args.out}"
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate, write_report
+
+    features, meta = _load(args.features)
+    report = evaluate(
+        features.X,
+        features.y,
+        _config(args),
+        test_size=None if args.kfold else args.test_size,
+        folds=args.kfold,
+    )
+    json_path, png = write_report(report, args.out, title=meta.get("model", ""))
+    print(
+        f"{report.protocol}: accuracy {report.accuracy:.4f}, macro-F1 {report.macro_f1:.4f} "
+        f"-> {json_path}, {png}"
+    )
+
+
+def _pixels(sources: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(s).convert("L").resize((size, size))) for s in sources])
+
+
+def cmd_curve(args: argparse.Namespace) -> None:
+    from .fewshot import few_shot_curve, pixel_baseline, plot_curve, tfidf_baseline
+
+    features, meta = _load(args.features)
+    if args.texts:
+        from embedder.cache import content_key
+        from embedder.sources import text_table
+
+        by_key = {content_key(i.text): i.text for i in text_table(args.texts, args.text_column)}
+        baseline, name = tfidf_baseline([by_key[k] for k in features.keys]), "TF-IDF"
+    else:
+        baseline, name = pixel_baseline(_pixels(features.sources, args.pixels)), "raw pixels"
+    curve = few_shot_curve(
+        features.X,
+        features.y,
+        baseline,
+        name=meta.get("model", "backbone"),
+        baseline_name=name,
+        draws=args.draws,
+        config=_config(args),
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "curve.json").write_text(curve.to_json())
+    print(curve.table())
+    print(f"\n{curve.verdict()}\nplot: {plot_curve(curve, args.out / 'curve.png')}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .persist import load_head
+
+    pipeline, info = load_head(args.head)
+    features, meta = _load(args.features)
+    info.check_backbone({"model": meta.get("model"), "digest": Path(args.features).name})
+    predictions = pipeline.predict(features.X)
+    for source, label in zip(features.sources, predictions, strict=True):
+        print(f"{source}\t{label}")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from .compare import align, compare, table
+
+    sets = {}
+    for path in args.features:
+        features, meta = _load(path)
+        sets[f"{meta.get('model', path)}:{Path(path).name}"] = (
+            features.X,
+            features.y,
+            features.keys,
+        )
+    aligned, y = align(sets)
+    print(table(compare(aligned, y, _config(args), folds=args.folds)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="embedder-heads", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, multiple=False):
+        sp.add_argument(
+            "--features",
+            type=Path,
+            nargs="+" if multiple else None,
+            required=True,
+            help="cached dataset folder(s) from embedder-features",
+        )
+        sp.add_argument("--kind", default="logreg", choices=("logreg", "linear_svc", "rbf_svc"))
+        sp.add_argument("--scaling", default="standard", choices=("standard", "l2", "none"))
+        sp.add_argument("--balanced", action="store_true", help="class_weight='balanced'")
+        sp.add_argument("--folds", type=int, default=5, help="CV folds for choosing C")
+        sp.add_argument("--seed", type=int, default=0)
+
+    t = sub.add_parser("train", help="choose C by CV, refit, save head.skops + head.json")
+    common(t)
+    t.add_argument("--out", type=Path, required=True)
+    t.set_defaults(run=cmd_train)
+    e = sub.add_parser("evaluate", help="held-out or k-fold report + confusion matrix")
+    common(e)
+    e.add_argument("--test-size", type=float, default=0.5)
+    e.add_argument("--kfold", type=int, help="k-fold instead of a held-out split")
+    e.add_argument("--out", type=Path, default=Path("out/evaluate"))
+    e.set_defaults(run=cmd_evaluate)
+    c = sub.add_parser("curve", help="few-shot curve vs a from-scratch baseline")
+    common(c)
+    c.add_argument("--texts", type=Path, help="the texts' table, for the TF-IDF baseline")
+    c.add_argument("--text-column", default="text")
+    c.add_argument("--pixels", type=int, default=32, help="raw-pixel baseline side (grey)")
+    c.add_argument("--draws", type=int, default=5)
+    c.add_argument("--out", type=Path, default=Path("out/curve"))
+    c.set_defaults(run=cmd_curve)
+    r = sub.add_parser("predict", help="apply a saved head to cached features")
+    r.add_argument("--head", type=Path, required=True)
+    r.add_argument("--features", type=Path, required=True)
+    r.set_defaults(run=cmd_predict)
+    m = sub.add_parser("compare", help="rank feature sets of the same data by CV accuracy")
+    common(m, multiple=True)
+    m.set_defaults(run=cmd_compare)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (HeadError, ValueError, OSError) as exc:
+        print(f"embedder-heads: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

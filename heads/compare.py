@@ -1,0 +1,58 @@
+"""Rank feature sets of the same labelled data (one per backbone or cut layer) by CV score."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold
+
+from .train import DEFAULT_CONFIG, HeadConfig, check_labels, train_head
+
+
+@dataclass
+class Ranked:
+    name: str
+    dim: int
+    mean: float
+    std: float
+    C: list[float]
+
+
+def align(feature_sets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]):
+    """Keep the keys every set has, in one order: {name: X}, y."""
+    common = set.intersection(*(set(keys) for _, _, keys in feature_sets.values()))
+    if not common:
+        raise ValueError("the feature sets share no input; embed the same data with each model")
+    order = sorted(common)
+    aligned, y = {}, None
+    for name, (X, labels, keys) in feature_sets.items():
+        row = {k: i for i, k in enumerate(keys)}
+        idx = [row[k] for k in order]
+        aligned[name] = X[idx]
+        y = labels[idx] if y is None else y
+    return aligned, y
+
+
+def compare(
+    feature_sets: dict[str, np.ndarray], y, config: HeadConfig = DEFAULT_CONFIG, folds: int = 5
+) -> list[Ranked]:
+    """Same outer folds for every set; C tuned inside each training fold."""
+    y = check_labels(y, folds)
+    splits = list(StratifiedKFold(folds, shuffle=True, random_state=config.seed).split(y, y))
+    ranked = []
+    for name, X in feature_sets.items():
+        scores, Cs = [], []
+        for train, test in splits:
+            head = train_head(X[train], y[train], config)
+            scores.append(float((head.predict(X[test]) == y[test]).mean()))
+            Cs.append(head.C)
+        ranked.append(Ranked(name, X.shape[1], float(np.mean(scores)), float(np.std(scores)), Cs))
+    return sorted(ranked, key=lambda r: -r.mean)
+
+
+def table(ranked: list[Ranked]) -> str:
+    rows = ["| rank | features | dim | CV accuracy | ± std |", "|---|---|---|---|---|"]
+    for i, r in enumerate(ranked, 1):
+        rows.append(f"| {i} | {r.name} | {r.dim} | {100 * r.mean:.2f} | {100 * r.std:.2f} |")
+    return "\n".join(rows)

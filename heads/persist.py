@@ -1,0 +1,99 @@
+"""Save and load heads with skops (an explicit list of trusted types; never pickle), and
+convert them to ONNX with skl2onnx. A head remembers the classes and the backbone digest it
+was trained on, so it cannot be applied to another model's embeddings by mistake."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FeatureError, UntrustedFileError
+from .train import TrainedHead
+
+TRUSTED_TYPES = [
+    "sklearn.pipeline.Pipeline",
+    "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.preprocessing._data.Normalizer",
+    "sklearn.linear_model._logistic.LogisticRegression",
+    "sklearn.svm._classes.LinearSVC",
+    "sklearn.svm._classes.SVC",
+]
+
+
+@dataclass(frozen=True)
+class HeadInfo:
+    classes: list[str]
+    kind: str
+    C: float
+    dim: int
+    backbone: dict  # model, version, digest of the cached embeddings it was trained on
+
+    def check_backbone(self, backbone: dict) -> None:
+        if backbone.get("digest") != self.backbone.get("digest"):
+            given = f"{backbone.get('model')} (digest {backbone.get('digest')})"
+            mine = f"{self.backbone.get('model')} (digest {self.backbone.get('digest')})"
+            raise FeatureError(
+                f"these features come from {given}, the head was trained on {mine}; "
+                "embed the data with the head's backbone"
+            )
+
+
+def save_head(head: TrainedHead, folder: str | Path, backbone: dict, dim: int) -> Path:
+    """head.skops + head.json in `folder`."""
+    import skops.io
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    skops.io.dump(head.pipeline, folder / "head.skops")
+    info = HeadInfo([str(c) for c in head.classes], head.config.kind, head.C, dim, backbone)
+    (folder / "head.json").write_text(json.dumps(info.__dict__, indent=2) + "\n")
+    return folder
+
+
+def load_head(folder: str | Path):
+    """(pipeline, HeadInfo); refuses a file holding any type outside TRUSTED_TYPES."""
+    import skops.io
+
+    folder = Path(folder)
+    path = folder / "head.skops"
+    untrusted = skops.io.get_untrusted_types(file=path)
+    unknown = sorted(set(untrusted) - set(TRUSTED_TYPES) - _numpy_types(untrusted))
+    if unknown:
+        raise UntrustedFileError(
+            f"{path} holds types outside the trusted list: {unknown}; it was not loaded"
+        )
+    pipeline = skops.io.load(path, trusted=untrusted)
+    info = HeadInfo(**json.loads((folder / "head.json").read_text()))
+    return pipeline, info
+
+
+def _numpy_types(types: list[str]) -> set[str]:
+    return {t for t in types if t.startswith(("numpy.", "builtins."))}
+
+
+def head_to_onnx(pipeline, dim: int):
+    """An ONNX graph from (N, dim) float features to `label` and `scores` (N, classes)."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.svm import SVC, LinearSVC
+
+    head = pipeline.steps[-1][1]
+    options = {id(head): {"zipmap": False}} if hasattr(head, "predict_proba") else {}
+    if isinstance(head, LinearSVC | SVC):
+        options = {id(head): {"raw_scores": True}} if isinstance(head, SVC) else {}
+    return convert_sklearn(
+        pipeline,
+        initial_types=[("features", FloatTensorType([None, dim]))],
+        options=options,
+        target_opset={"": 18, "ai.onnx.ml": 3},
+    )
+
+
+def scores_of(pipeline, X: np.ndarray) -> np.ndarray:
+    """What the ONNX head's score output holds: probabilities, or decision scores for SVMs."""
+    if hasattr(pipeline, "predict_proba") and hasattr(pipeline.steps[-1][1], "predict_proba"):
+        return pipeline.predict_proba(X)
+    return pipeline.decision_function(X)
