@@ -60,7 +60,7 @@ def load_head(folder: str | Path):
     folder = Path(folder)
     path = folder / "head.skops"
     untrusted = skops.io.get_untrusted_types(file=path)
-    unknown = sorted(set(untrusted) - set(TRUSTED_TYPES) - _numpy_types(untrusted))
+    unknown = sorted(set(untrusted) - set(TRUSTED_TYPES))
     if unknown:
         raise UntrustedFileError(
             f"{path} holds types outside the trusted list: {unknown}; it was not loaded"
@@ -68,10 +68,6 @@ def load_head(folder: str | Path):
     pipeline = skops.io.load(path, trusted=untrusted)
     info = HeadInfo(**json.loads((folder / "head.json").read_text()))
     return pipeline, info
-
-
-def _numpy_types(types: list[str]) -> set[str]:
-    return {t for t in types if t.startswith(("numpy.", "builtins."))}
 
 
 def head_to_onnx(pipeline, dim: int):

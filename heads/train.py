@@ -113,14 +113,7 @@ def build_pipeline(config: HeadConfig, C: float) -> Pipeline:
             random_state=config.seed,
         )
     else:
-        model = SVC(
-            C=C,
-            kernel="rbf",
-            gamma="scale",
-            class_weight=config.class_weight,
-            probability=False,
-            random_state=config.seed,
-        )
+        model = SVC(C=C, kernel="rbf", gamma="scale", class_weight=config.class_weight)
     return Pipeline([("scale", scale), ("head", model)])
 
 

@@ -1,0 +1,89 @@
+"""embedder-heads on real cache folders (written with the cache's own writer)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from embedder.cache import CacheIdentity, EmbeddingCache
+from heads.cli import main
+
+
+def _dataset(root, model="m", noise=0.0, with_files=False):
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:400].astype(np.float32), y[:400].astype(str)
+    X = X + np.random.default_rng(1).standard_normal(X.shape).astype(np.float32) * noise
+    cache = EmbeddingCache(root, CacheIdentity(model, "1", 64, model * 64, "p" * 64))
+    sources = []
+    for i in range(len(y)):
+        path = root / "files" / f"{i}.png"
+        if with_files:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((X[i].reshape(8, 8) * 15).clip(0, 255).astype(np.uint8)).save(path)
+        sources.append(str(path))
+    cache.append([f"key{i}" for i in range(len(y))], X, list(y), sources)
+    return cache.folder
+
+
+def test_train_predict_and_backbone_check(tmp_path, capsys):
+    data = _dataset(tmp_path / "a")
+    assert (
+        main(["train", "--features", str(data), "--out", str(tmp_path / "head"), "--folds", "3"])
+        == 0
+    )
+    assert "CV accuracy" in capsys.readouterr().out
+    assert main(["predict", "--head", str(tmp_path / "head"), "--features", str(data)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 400 and lines[0].endswith("\t0")
+    other = _dataset(tmp_path / "b", model="x")
+    assert main(["predict", "--head", str(tmp_path / "head"), "--features", str(other)]) == 2
+    assert "embed the data with the head's backbone" in capsys.readouterr().err
+
+
+def test_evaluate_writes_report_and_plot(tmp_path, capsys):
+    data = _dataset(tmp_path / "a")
+    out = tmp_path / "eval"
+    assert (
+        main(
+            ["evaluate", "--features", str(data), "--kfold", "3", "--folds", "3", "--out", str(out)]
+        )
+        == 0
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert report["protocol"] == "3-fold" and report["accuracy"] > 0.9
+    assert (out / "confusion.png").stat().st_size > 5000
+
+
+def test_curve_with_pixel_baseline(tmp_path, capsys):
+    data = _dataset(tmp_path / "a", with_files=True)
+    out = tmp_path / "curve"
+    assert (
+        main(["curve", "--features", str(data), "--pixels", "8", "--draws", "2", "--out", str(out)])
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "| k per class |" in text and ("transfer" in text or "TRANSFER" in text)
+    assert json.loads((out / "curve.json").read_text())["points"][0]["k"] == 1
+
+
+def test_compare_ranks_two_feature_sets(tmp_path, capsys):
+    clean = _dataset(tmp_path / "a", model="clean")
+    noisy = _dataset(tmp_path / "b", model="noisy", noise=30.0)
+    assert main(["compare", "--features", str(noisy), str(clean), "--folds", "3"]) == 0
+    rows = [
+        line
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("| 1") or line.startswith("| 2")
+    ]
+    assert "clean" in rows[0] and "noisy" in rows[1]
+
+
+def test_errors_are_reported(tmp_path, capsys):
+    cache = EmbeddingCache(tmp_path, CacheIdentity("m", "1", 4, "a" * 64, "b" * 64))
+    cache.append(["k1", "k2"], np.ones((2, 4), np.float32), [None, None], ["s1", "s2"])
+    assert main(["train", "--features", str(cache.folder), "--out", str(tmp_path / "h")]) == 2
+    assert "no labels" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train"])
