@@ -82,6 +82,17 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class HeadSpec:
+    """A classification head composed into the graph after the backbone."""
+
+    classes: tuple[str, ...]
+    kind: str  # logreg, linear_svc, rbf_svc
+    scores_output: str  # graph output with (N, classes) scores
+    score_kind: Literal["probability", "decision"]
+    trained_on: str  # digest of the backbone embeddings the head was trained on
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     version: str
@@ -102,6 +113,7 @@ class Manifest:
     exported_at: str
     variants: dict[str, Variant] = field(default_factory=dict)
     sanity_top1: dict[str, int] = field(default_factory=dict)  # photo -> ImageNet class index
+    heads: dict[str, HeadSpec] = field(default_factory=dict)  # published classifiers
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
@@ -130,6 +142,10 @@ class Manifest:
                     "preprocess": preprocess,
                     "source": WeightSource(**raw["source"]),
                     "variants": {k: Variant(**v) for k, v in raw.get("variants", {}).items()},
+                    "heads": {
+                        k: HeadSpec(**{**v, "classes": tuple(v["classes"])})
+                        for k, v in raw.get("heads", {}).items()
+                    },
                 }
             )
         except (KeyError, TypeError, ValueError) as exc:

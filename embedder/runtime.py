@@ -59,16 +59,27 @@ class ModelSession:
     def on_gpu(self) -> bool:
         return self.providers[0] in (CUDA, TENSORRT)
 
+    @property
+    def output_names(self) -> list[str]:
+        """features, then each published head's scores (in manifest order)."""
+        return ["features", *(h.scores_output for h in self.manifest.heads.values())]
+
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """(N, dim) features, with each head's (N, classes) scores appended as columns."""
+        names = self.output_names
         if not self.on_gpu:
-            return self.session.run(["features"], feeds)[0]
-        # IO binding: inputs copied to the device once, output fetched once.
-        binding = self.session.io_binding()
-        for name, value in feeds.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        binding.bind_output("features", "cpu")
-        self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+            outputs = self.session.run(names, feeds)
+        else:  # IO binding: inputs copied to the device once, outputs fetched once
+            binding = self.session.io_binding()
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            for name in names:
+                binding.bind_output(name, "cpu")
+            self.session.run_with_iobinding(binding)
+            outputs = binding.copy_outputs_to_cpu()
+        if len(outputs) == 1:
+            return outputs[0]
+        return np.hstack([o.reshape(len(o), -1).astype(np.float32) for o in outputs])
 
 
 def open_session(folder: Path, manifest: Manifest, config: ServerConfig) -> ModelSession:

@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,7 @@ from protos.embedder.v1 import embedder_pb2_grpc as pb_grpc
 
 from .batcher import BatchStats, DynamicBatcher
 from .config import ServerConfig
-from .errors import InputError, NotReadyError
+from .errors import InputError, ModelNotFoundError, NotReadyError
 from .inputs import Preprocessor, RawItem, tensor_from_bytes
 from .metrics import Metrics
 from .repository import ModelRepository
@@ -42,7 +42,7 @@ class LoadedModel:
             self.key, session.run, self.preprocessor.collate, config.batching, on_batch
         )
         self.cache: ServingCache | None = None
-        if config.cache is not None:
+        if config.cache is not None and not m.heads:  # the cache holds embeddings only
             self.cache = ServingCache(config.cache, session, config.cache_shard_rows)
 
     def warm_up(self) -> None:
@@ -79,6 +79,31 @@ def finish(embeddings: np.ndarray, options: pb.EmbedOptions) -> np.ndarray:
     return np.ascontiguousarray(embeddings, dtype="<f4")
 
 
+@dataclass
+class Computed:
+    outputs: np.ndarray  # (N, dim + sum of head classes)
+    cache_hits: list[bool]
+    timing: pb.Timing
+
+
+def head_result(name: str, manifest, outputs: np.ndarray, top_k: int) -> pb.HeadResult:
+    """Top-k labels and scores of head `name` from the model's stacked outputs."""
+    offset = manifest.dim
+    for head_name, spec in manifest.heads.items():
+        width = len(spec.classes)
+        if head_name == name:
+            scores = outputs[:, offset : offset + width]
+            k = min(max(1, top_k), width)
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            items = [
+                pb.TopK(labels=[spec.classes[j] for j in row], scores=scores[i, row].tolist())
+                for i, row in enumerate(order)
+            ]
+            return pb.HeadResult(head=name, score_kind=spec.score_kind, items=items)
+        offset += width
+    raise ModelNotFoundError(f"model {manifest.name!r} has no head {name!r}")
+
+
 def model_info(model: LoadedModel, config: ServerConfig) -> pb.ModelInfo:
     m, b = model.session.manifest, config.batching
     return pb.ModelInfo(
@@ -91,6 +116,7 @@ def model_info(model: LoadedModel, config: ServerConfig) -> pb.ModelInfo:
             max_message_bytes=config.max_message_bytes, max_image_pixels=config.max_image_pixels,
         ),
         preprocess_json=json.dumps(asdict(m.preprocess)), manifest_json=m.to_json(),
+        heads=list(m.heads),
     )  # fmt: skip
 
 
@@ -167,43 +193,69 @@ class EmbedderService(pb_grpc.EmbedderServicer):
             self.metrics.errors.labels("EmbedStream/item", code.name).inc()
             return pb.EmbedResponse(error=pb.Error(code=code.value[0], message=str(exc)))
 
-    async def embed(self, request: pb.EmbedRequest, deadline: float | None) -> pb.EmbedResponse:
+    async def _compute(self, model: LoadedModel, items, deadline: float | None) -> Computed:
+        """Every item's model output (features, then head scores): from cache or the batcher."""
         started = time.monotonic()
-        model = self._model(request.model, request.version)
-        n = len(request.items)
+        n = len(items)
         if n == 0:
             raise InputError("empty request: send at least one item")
         if n > self.config.max_items_per_request:
             limit = self.config.max_items_per_request
             raise InputError(f"{n} items, over the limit of {limit} per request; split it")
-        keys, hits = model.cache.find(request.items) if model.cache else ([], {})
-        misses = [item for i, item in enumerate(request.items) if i not in hits]
-        arrays = await self._preprocess(model, misses, [i for i in range(n) if i not in hits])
+        keys, hits = model.cache.find(items) if model.cache else ([], {})
+        rows = [i for i in range(n) if i not in hits]
+        arrays = await self._preprocess(model, [items[i] for i in rows], rows)
         preprocess_ms = (time.monotonic() - started) * 1000
         stats = BatchStats(0.0, 0.0, 0)
-        embeddings = np.zeros((n, model.session.manifest.dim), np.float32)
+        out: np.ndarray | None = None
         if arrays:
             computed, stats = await model.batcher.submit(arrays, deadline)
-            rows = [i for i in range(n) if i not in hits]
-            embeddings[rows] = computed
+            out = np.zeros((n, computed.shape[1]), np.float32)
+            out[rows] = computed
             if model.cache:
                 await model.cache.store([keys[i] for i in rows], computed)
+        if out is None:
+            out = np.zeros((n, model.session.manifest.dim), np.float32)
         for i, vector in hits.items():
-            embeddings[i] = vector
-        out = finish(embeddings, request.options)
+            out[i] = vector
         self.metrics.items.labels(model.key).inc(n)
         self.metrics.stage_ms.labels(model.key, "preprocess").observe(preprocess_ms)
         self.metrics.stage_ms.labels(model.key, "queue").observe(stats.queue_ms)
+        timing = pb.Timing(
+            queue_ms=stats.queue_ms, preprocess_ms=preprocess_ms,
+            inference_ms=stats.inference_ms, batch_items=stats.batch_items,
+            total_ms=(time.monotonic() - started) * 1000,
+        )  # fmt: skip
+        return Computed(out, [i in hits for i in range(n)], timing)
+
+    async def embed(self, request: pb.EmbedRequest, deadline: float | None) -> pb.EmbedResponse:
+        model = self._model(request.model, request.version)
+        result = await self._compute(model, request.items, deadline)
         m = model.session.manifest
+        out = finish(result.outputs[:, : m.dim], request.options)
         return pb.EmbedResponse(
             model=m.name, version=m.version, embeddings=out.tobytes(), shape=list(out.shape),
             ids=[item.id or str(i) for i, item in enumerate(request.items)],
-            cache_hits=[i in hits for i in range(n)], request_id=request.request_id,
-            timing=pb.Timing(
-                queue_ms=stats.queue_ms, preprocess_ms=preprocess_ms,
-                inference_ms=stats.inference_ms, batch_items=stats.batch_items,
-                total_ms=(time.monotonic() - started) * 1000,
-            ),
+            cache_hits=result.cache_hits, request_id=request.request_id, timing=result.timing,
+        )  # fmt: skip
+
+    async def Classify(self, request: pb.ClassifyRequest, context) -> pb.ClassifyResponse:
+        model = self._model(request.model, request.version)
+        m = model.session.manifest
+        wanted = list(request.heads) or list(m.heads)
+        unknown = [h for h in wanted if h not in m.heads]
+        if not m.heads or unknown:
+            have = ", ".join(m.heads) or "none; publish one with embedder-heads publish"
+            raise ModelNotFoundError(
+                f"model {m.name!r} has no head {(unknown or [''])[0]!r}; heads: {have}"
+            )
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        result = await self._compute(model, request.items, deadline)
+        return pb.ClassifyResponse(
+            model=m.name, version=m.version, request_id=request.request_id, timing=result.timing,
+            ids=[item.id or str(i) for i, item in enumerate(request.items)],
+            heads=[head_result(h, m, result.outputs, request.top_k) for h in wanted],
         )  # fmt: skip
 
     async def _preprocess(self, model: LoadedModel, items, indices: list[int]) -> list[np.ndarray]:

@@ -112,6 +112,19 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(f"{source}\t{label}")
 
 
+def cmd_publish(args: argparse.Namespace) -> None:
+    from .publish import publish
+
+    heads = {}
+    for spec in args.head:
+        name, sep, folder = spec.partition("=")
+        if not sep:
+            raise HeadError(f"--head {spec!r}: write NAME=FOLDER (a folder saved by 'train')")
+        heads[name] = Path(folder)
+    target = publish(args.backbone, heads, args.repo, args.name, args.version, args.overwrite)
+    print(f"published {', '.join(heads)} on {args.backbone} -> {target}")
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     from .compare import align, compare, table
 
@@ -167,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--head", type=Path, required=True)
     r.add_argument("--features", type=Path, required=True)
     r.set_defaults(run=cmd_predict)
+    u = sub.add_parser("publish", help="compose backbone + heads into one servable model")
+    u.add_argument("--backbone", type=Path, required=True, help="models/<name>/<version>")
+    u.add_argument("--head", action="append", required=True, help="NAME=FOLDER, repeatable")
+    u.add_argument("--repo", type=Path, default=Path("models"))
+    u.add_argument("--name", required=True, help="name of the published model")
+    u.add_argument("--version", default="1")
+    u.add_argument("--overwrite", action="store_true")
+    u.set_defaults(run=cmd_publish)
     m = sub.add_parser("compare", help="rank feature sets of the same data by CV accuracy")
     common(m, multiple=True)
     m.set_defaults(run=cmd_compare)

@@ -70,26 +70,32 @@ def load_head(folder: str | Path):
     return pipeline, info
 
 
-def head_to_onnx(pipeline, dim: int):
+def head_to_onnx(pipeline, dim: int, opset: int = 18):
     """An ONNX graph from (N, dim) float features to `label` and `scores` (N, classes)."""
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
-    from sklearn.svm import SVC, LinearSVC
+    from sklearn.linear_model import LogisticRegression
 
     head = pipeline.steps[-1][1]
-    options = {id(head): {"zipmap": False}} if hasattr(head, "predict_proba") else {}
-    if isinstance(head, LinearSVC | SVC):
-        options = {id(head): {"raw_scores": True}} if isinstance(head, SVC) else {}
+    # LogisticRegression: probabilities as a plain (N, classes) tensor. SVMs: decision scores,
+    # (N, 2) for two classes ([-d, d]); skl2onnx's default options fail inside a Pipeline.
+    if isinstance(head, LogisticRegression):
+        options = {id(head): {"zipmap": False}}
+    else:
+        options = {id(head): {"raw_scores": True}}
     return convert_sklearn(
         pipeline,
         initial_types=[("features", FloatTensorType([None, dim]))],
         options=options,
-        target_opset={"": 18, "ai.onnx.ml": 3},
+        target_opset={"": opset, "ai.onnx.ml": 3},
     )
 
 
 def scores_of(pipeline, X: np.ndarray) -> np.ndarray:
     """What the ONNX head's score output holds: probabilities, or decision scores for SVMs."""
-    if hasattr(pipeline, "predict_proba") and hasattr(pipeline.steps[-1][1], "predict_proba"):
+    from sklearn.linear_model import LogisticRegression
+
+    if isinstance(pipeline.steps[-1][1], LogisticRegression):
         return pipeline.predict_proba(X)
-    return pipeline.decision_function(X)
+    scores = pipeline.decision_function(X)
+    return np.column_stack([-scores, scores]) if scores.ndim == 1 else scores

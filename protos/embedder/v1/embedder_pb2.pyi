@@ -129,7 +129,7 @@ class BatchingLimits(_message.Message):
     def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ..., max_queue_size: _Optional[int] = ..., max_items_per_request: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "modality", "dim", "layer", "pooling", "normalized", "providers", "precision", "batching", "preprocess_json", "manifest_json")
+    __slots__ = ("name", "version", "modality", "dim", "layer", "pooling", "normalized", "providers", "precision", "batching", "preprocess_json", "manifest_json", "heads")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MODALITY_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +142,7 @@ class ModelInfo(_message.Message):
     BATCHING_FIELD_NUMBER: _ClassVar[int]
     PREPROCESS_JSON_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     modality: str
@@ -154,4 +155,55 @@ class ModelInfo(_message.Message):
     batching: BatchingLimits
     preprocess_json: str
     manifest_json: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., modality: _Optional[str] = ..., dim: _Optional[int] = ..., layer: _Optional[str] = ..., pooling: _Optional[str] = ..., normalized: _Optional[bool] = ..., providers: _Optional[_Iterable[str]] = ..., precision: _Optional[str] = ..., batching: _Optional[_Union[BatchingLimits, _Mapping]] = ..., preprocess_json: _Optional[str] = ..., manifest_json: _Optional[str] = ...) -> None: ...
+    heads: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., modality: _Optional[str] = ..., dim: _Optional[int] = ..., layer: _Optional[str] = ..., pooling: _Optional[str] = ..., normalized: _Optional[bool] = ..., providers: _Optional[_Iterable[str]] = ..., precision: _Optional[str] = ..., batching: _Optional[_Union[BatchingLimits, _Mapping]] = ..., preprocess_json: _Optional[str] = ..., manifest_json: _Optional[str] = ..., heads: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ClassifyRequest(_message.Message):
+    __slots__ = ("model", "version", "items", "heads", "top_k", "request_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    items: _containers.RepeatedCompositeFieldContainer[Item]
+    heads: _containers.RepeatedScalarFieldContainer[str]
+    top_k: int
+    request_id: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., heads: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class TopK(_message.Message):
+    __slots__ = ("labels", "scores")
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, labels: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class HeadResult(_message.Message):
+    __slots__ = ("head", "score_kind", "items")
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    SCORE_KIND_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    head: str
+    score_kind: str
+    items: _containers.RepeatedCompositeFieldContainer[TopK]
+    def __init__(self, head: _Optional[str] = ..., score_kind: _Optional[str] = ..., items: _Optional[_Iterable[_Union[TopK, _Mapping]]] = ...) -> None: ...
+
+class ClassifyResponse(_message.Message):
+    __slots__ = ("model", "version", "heads", "ids", "timing", "request_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HEADS_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    heads: _containers.RepeatedCompositeFieldContainer[HeadResult]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    timing: Timing
+    request_id: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., heads: _Optional[_Iterable[_Union[HeadResult, _Mapping]]] = ..., ids: _Optional[_Iterable[str]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...

@@ -54,6 +54,11 @@ class EmbedderStub:
                 request_serializer=protos_dot_embedder_dot_v1_dot_embedder__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=protos_dot_embedder_dot_v1_dot_embedder__pb2.EmbedResponse.FromString,
                 _registered_method=True)
+        self.Classify = channel.unary_unary(
+                '/embedder.v1.Embedder/Classify',
+                request_serializer=protos_dot_embedder_dot_v1_dot_embedder__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=protos_dot_embedder_dot_v1_dot_embedder__pb2.ClassifyResponse.FromString,
+                _registered_method=True)
 
 
 class EmbedderServicer:
@@ -82,8 +87,14 @@ class EmbedderServicer:
     def EmbedStream(self, request_iterator, context):
         """One response per request, in order. A bad request gets a response with `error` set and the
         stream goes on.
-        Reserved for backbone + head classification (heads).
-        rpc Classify(ClassifyRequest) returns (ClassifyResponse);
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Classify(self, request, context):
+        """Backbone + trained heads published together (embedder-heads publish): top-k labels per
+        item for each requested head, from one embedding pass.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,6 +122,11 @@ def add_EmbedderServicer_to_server(servicer, server):
                     servicer.EmbedStream,
                     request_deserializer=protos_dot_embedder_dot_v1_dot_embedder__pb2.EmbedRequest.FromString,
                     response_serializer=protos_dot_embedder_dot_v1_dot_embedder__pb2.EmbedResponse.SerializeToString,
+            ),
+            'Classify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Classify,
+                    request_deserializer=protos_dot_embedder_dot_v1_dot_embedder__pb2.ClassifyRequest.FromString,
+                    response_serializer=protos_dot_embedder_dot_v1_dot_embedder__pb2.ClassifyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +237,33 @@ class Embedder:
             '/embedder.v1.Embedder/EmbedStream',
             protos_dot_embedder_dot_v1_dot_embedder__pb2.EmbedRequest.SerializeToString,
             protos_dot_embedder_dot_v1_dot_embedder__pb2.EmbedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Classify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedder.v1.Embedder/Classify',
+            protos_dot_embedder_dot_v1_dot_embedder__pb2.ClassifyRequest.SerializeToString,
+            protos_dot_embedder_dot_v1_dot_embedder__pb2.ClassifyResponse.FromString,
             options,
             channel_credentials,
             insecure,

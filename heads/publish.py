@@ -1,0 +1,98 @@
+"""Publish heads: backbone graph + head graphs composed into one servable ONNX model.
+
+    models/<name>/<version>/model.onnx   pixels / tokens -> features, <head>/scores, ...
+                            manifest.json   the backbone's, plus a `heads` block
+
+Several heads on one backbone share one embedding pass. A head trained on another backbone's
+embeddings (its recorded digest differs) is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from embedder.cache import CacheIdentity
+from embedder.manifest import HeadSpec, Manifest, sha256_file
+
+from .errors import FeatureError, HeadError
+from .persist import head_to_onnx, load_head
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def backbone_digest(manifest: Manifest) -> str:
+    """The digest the cache gives embeddings of this backbone (fp32 file, its preprocessing)."""
+    return CacheIdentity.of(manifest, manifest.sha256).digest
+
+
+def _head_graph(pipeline, info, name: str, dim: int, opset: int, ir_version: int):
+    model = head_to_onnx(pipeline, dim, opset)
+    outputs = [o.name for o in model.graph.output]  # label, then scores / probabilities
+    scores_shape = model.graph.output[1].type.tensor_type.shape
+    scores_shape.dim[1].dim_value = len(info.classes)  # skl2onnx declares 1 for two classes
+    model = onnx.compose.add_prefix(model, f"{name}/")
+    model.ir_version = ir_version
+    return model, f"{name}/{outputs[1]}"
+
+
+def publish(backbone_folder: Path, heads: dict[str, Path], repo: Path, name: str,
+            version: str = "1", overwrite: bool = False) -> Path:  # fmt: skip
+    """Compose the backbone in `backbone_folder` with `heads` (head name -> saved head folder)."""
+    for head_name in [name, *heads]:
+        if not _NAME.match(head_name):
+            raise HeadError(f"name {head_name!r}: use letters, digits, '_', '-' or '.'")
+    manifest = Manifest.read(backbone_folder)
+    manifest.verify(backbone_folder)
+    target = Path(repo) / name / version
+    if target.exists() and not overwrite:
+        raise HeadError(f"{target} exists; pass --overwrite to replace it")
+    digest = backbone_digest(manifest)
+    model = onnx.load(str(backbone_folder / manifest.file))
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    specs, outputs = {}, ["features"]
+    for head_name, folder in heads.items():
+        pipeline, info = load_head(folder)
+        if info.backbone.get("digest") != digest:
+            raise FeatureError(
+                f"head {head_name!r} was trained on embeddings with digest "
+                f"{info.backbone.get('digest')}, but {manifest.name}/{manifest.version} gives "
+                f"{digest}; train it on this backbone's cached features"
+            )
+        head, scores = _head_graph(pipeline, info, head_name, manifest.dim, opset, model.ir_version)
+        io_map = [("features", f"{head_name}/features")]
+        keep = outputs + [o.name for o in head.graph.output]
+        model = onnx.compose.merge_models(model, head, io_map=io_map, outputs=keep)
+        outputs = keep
+        score_kind = "probability" if info.kind == "logreg" else "decision"
+        specs[head_name] = HeadSpec(tuple(info.classes), info.kind, scores, score_kind, digest)
+    return _write(model, manifest, backbone_folder, target, name, version, specs, overwrite)
+
+
+def _write(model, manifest, backbone_folder, target, name, version, specs, overwrite) -> Path:
+    onnx.checker.check_model(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=target.parent))
+    try:
+        onnx.save(model, str(staging / "model.onnx"))
+        extra = getattr(manifest.preprocess, "tokenizer_file", None)
+        if extra:
+            shutil.copyfile(backbone_folder / extra, staging / extra)
+        published = dataclasses.replace(
+            manifest, name=name, version=version, file="model.onnx",
+            sha256=sha256_file(staging / "model.onnx"), variants={}, heads=specs,
+        )  # fmt: skip
+        published.write(staging)
+        staging.chmod(0o755)
+        if target.exists() and overwrite:
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
