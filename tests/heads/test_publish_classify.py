@@ -87,7 +87,10 @@ def test_published_classify_equals_sklearn(tiny_repo, trained, tmp_path):
         scores = scores_of(pipeline, features)
         classes = list(pipeline.classes_)
         served = np.array(
-            [[dict(zip(it.labels, it.scores))[c] for c in classes] for it in result.items]
+            [
+                [dict(zip(it.labels, it.scores, strict=True))[c] for c in classes]
+                for it in result.items
+            ]
         )
         np.testing.assert_allclose(served, scores, atol=1e-4)
     assert (
