@@ -1,0 +1,115 @@
+"""`Embeddings`: a scikit-learn transformer from raw inputs to backbone embeddings.
+
+    make_pipeline(Embeddings("mobilenet_v2"), LogisticRegression()).fit(image_paths, labels)
+
+Inputs are image files, encoded bytes or RGB arrays (image models), or strings (text models).
+It embeds through a running server (`server="host:port"`) or a local onnxruntime session on the
+model repository. It has nothing to learn: `fit` only opens the model and records its
+dimension, so cloning, grid search and cross-validation work as for any transformer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from embedder.errors import InputError
+
+
+class Embeddings(TransformerMixin, BaseEstimator):
+    def __init__(self, model: str = "mobilenet_v2", repo: str | Path = "models",
+                 server: str | None = None, version: str = "", normalize: bool = False,
+                 batch_size: int = 32):  # fmt: skip
+        self.model = model
+        self.repo = repo
+        self.server = server
+        self.version = version
+        self.normalize = normalize
+        self.batch_size = batch_size
+
+    def fit(self, X, y=None):
+        if self.server:
+            from embedder.client import EmbedderClient
+            from protos.embedder.v1 import embedder_pb2 as pb
+
+            with EmbedderClient(self.server) as client:
+                info = client.stub.GetModel(
+                    pb.GetModelRequest(model=self.model, version=self.version)
+                )
+            self.modality_, self.dim_ = info.modality, int(info.dim)
+        else:
+            session = self._local_session()
+            self.modality_, self.dim_ = session.manifest.modality, session.manifest.dim
+        self.n_features_out_ = self.dim_
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        check_is_fitted(self, "dim_")
+        items = list(X)
+        if not items:
+            return np.zeros((0, self.dim_), np.float32)
+        out = self._via_server(items) if self.server else self._local(items)
+        if self.normalize:
+            out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out.astype(np.float32, copy=False)
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        check_is_fitted(self, "dim_")
+        return np.array([f"{self.model}_{i}" for i in range(self.dim_)], dtype=object)
+
+    def _via_server(self, items: list) -> np.ndarray:
+        from embedder.client import EmbedderClient
+
+        with EmbedderClient(self.server) as client:
+            if self.modality_ == "text":
+                return client.embed_texts(
+                    self.model, items, batch_size=self.batch_size, version=self.version
+                )
+            return client.embed_images(
+                self.model, items, batch_size=self.batch_size, version=self.version
+            )
+
+    def _local_session(self):
+        from embedder.batch_export import BatchExportConfig, open_model
+
+        if getattr(self, "_session", None) is None:
+            config = BatchExportConfig(repo=Path(self.repo), model=self.model, version=self.version,
+                                       intra_op_threads=0)  # fmt: skip
+            self._session = open_model(config)
+        return self._session
+
+    def _local(self, items: list) -> np.ndarray:
+        from embedder.inputs import Preprocessor, RawItem
+        from embedder.preprocess import image_to_pixels
+
+        session = self._local_session()
+        pre = Preprocessor(session.manifest, session.folder, 40_000_000)
+        parts = []
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start : start + self.batch_size]
+            if self.modality_ == "text":
+                arrays = pre.texts([str(t) for t in chunk])
+            else:
+                arrays = []
+                for i, item in enumerate(chunk, start):
+                    if isinstance(item, np.ndarray):
+                        arrays.append(
+                            image_to_pixels(item.astype(np.uint8), session.manifest.preprocess)
+                        )
+                    elif isinstance(item, str | Path | bytes):
+                        data = Path(item).read_bytes() if isinstance(item, str | Path) else item
+                        arrays.append(pre.image(i, RawItem("image", data)))
+                    else:
+                        raise InputError(
+                            f"item {i}: {type(item).__name__}; give a path, bytes or an RGB array"
+                        )
+            parts.append(session.run(pre.collate(arrays))[:, : session.manifest.dim])
+        return np.concatenate(parts)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_session", None)  # an onnxruntime session is reopened, not pickled
+        return state
