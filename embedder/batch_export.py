@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -64,6 +64,7 @@ class Summary:
     failed: int = 0
     seconds: float = 0.0
     dataset: Path | None = None
+    keys: list[str] = field(default_factory=list)  # this run's inputs in the cache, in order
 
     def __str__(self) -> str:
         rate = self.embedded / self.seconds if self.seconds else 0.0
@@ -264,6 +265,7 @@ def export_features(items: Iterable[SourceItem], config: BatchExportConfig) -> S
                 summary.failed += 1
                 writer.fail(prepared.key, prepared.item.source, prepared.error)
                 continue
+            summary.keys.append(prepared.key)
             if prepared.key in cache.keys:
                 summary.from_cache += 1
                 continue
@@ -286,6 +288,7 @@ def _record_batch(batch: list[Prepared], result, writer: CacheWriter, summary: S
     done = [p for i, p in enumerate(batch) if i not in failed]
     for i, reason in failures:
         writer.fail(batch[i].key, batch[i].item.source, reason)
+        summary.keys.remove(batch[i].key)
     for prepared, vector in zip(done, vectors, strict=True):
         writer.add(prepared.key, vector, prepared.item.label, prepared.item.source)
     summary.embedded += len(done)

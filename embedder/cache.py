@@ -168,8 +168,12 @@ class Features:
     sources: np.ndarray
 
 
-def load_features(path: str | Path) -> Features:
-    """Read a dataset folder (or its embeddings/ folder, or one shard) without a Python loop."""
+def load_features(path: str | Path, keys=None) -> Features:
+    """Read a dataset folder (or its embeddings/ folder, or one shard) without a Python loop.
+
+    A cache folder holds every input ever embedded with its model; `keys` (e.g. a run's
+    `Summary.keys`) selects the rows of one dataset.
+    """
     path = Path(path)
     if (path / EMBEDDINGS).is_dir():
         path = path / EMBEDDINGS
@@ -177,6 +181,12 @@ def load_features(path: str | Path) -> Features:
     if not files:
         raise CacheError(f"no embedding shards under {path}; run the batch export first")
     table = pq.ParquetDataset(files).read()
+    if keys is not None:
+        import pyarrow.compute as pc
+
+        table = table.filter(
+            pc.is_in(table.column("key"), value_set=pa.array(list(keys), pa.string()))
+        )
     column = table.column("embedding").combine_chunks()
     if not pa.types.is_fixed_size_list(column.type):
         raise CacheError(f"{path}: 'embedding' is {column.type}, not fixed_size_list<float32>")

@@ -146,6 +146,8 @@ def _collect(table: pa.Table, cache, writer: CacheWriter, summary: Summary, seen
             writer.fail(key, row["source"], row["reason"])
         elif row["status"] == "cached" or key in cache.keys:
             summary.from_cache += 1
+            summary.keys.append(key)
         else:
             summary.embedded += 1
+            summary.keys.append(key)
             writer.add(key, matrix[i], row["label"], row["source"])

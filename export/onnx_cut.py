@@ -124,7 +124,7 @@ class OnnxCutBackbone:
         mean_nodes, mean_inits = self._reduce_mean("pool/patches", "pool/mean", [1])
         if pooling == "cls":
             cls.output[0] = "features"
-            return [cls], inits
+            return [cls], inits[:1]  # only pool/zero
         if pooling == "mean":
             mean_nodes[0].output[0] = "features"
             return [patches, *mean_nodes], inits + mean_inits

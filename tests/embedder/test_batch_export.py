@@ -152,7 +152,7 @@ def test_kill_9_then_resume_equals_a_clean_run(tiny_repo, tmp_path):
     images = tmp_path / "many"
     rng = np.random.default_rng(1)
     images.mkdir()
-    for i in range(400):
+    for i in range(800):
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
             images / f"{i:03d}.png"
         )
@@ -167,13 +167,13 @@ def test_kill_9_then_resume_equals_a_clean_run(tiny_repo, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     written = len(list(killed_cache.rglob("shard-*.parquet")))
-    assert 3 <= written < 50, "the kill must land in the middle of the run"
+    assert 3 <= written < 100, "the kill must land in the middle of the run (100 shards in all)"
     resumed = export_features(image_folder(images), config(tiny_repo, killed_cache))
-    assert resumed.from_cache >= 3 * 8 and resumed.embedded + resumed.from_cache == 400
+    assert resumed.from_cache >= 3 * 8 and resumed.embedded + resumed.from_cache == 800
     clean = export_features(image_folder(images), config(tiny_repo, clean_cache))
     k1, x1, _, s1 = rows_by_key(resumed.dataset)
     k2, x2, _, s2 = rows_by_key(clean.dataset)
-    assert len(k1) == len(set(k1)) == 400  # nothing embedded twice, nothing lost
+    assert len(k1) == len(set(k1)) == 800  # nothing embedded twice, nothing lost
     np.testing.assert_array_equal(k1, k2)
     np.testing.assert_array_equal(s1, s2)
     np.testing.assert_allclose(x1, x2, atol=1e-5)
@@ -218,3 +218,16 @@ def test_missing_model_is_a_clear_error(tiny_repo, images, tmp_path):
         export_features(
             image_folder(images), BatchExportConfig(repo=tiny_repo, model="nope", cache=tmp_path)
         )
+
+
+def test_summary_keys_select_one_dataset_from_a_shared_cache(tiny_repo, images, tmp_path):
+    cache = tmp_path / "c"
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.new("RGB", (40, 40), (9, 9, 9)).save(other / "x.png")
+    export_features(image_folder(other), config(tiny_repo, cache))
+    summary = export_features(image_folder(images, True), config(tiny_repo, cache))
+    assert len(load_features(summary.dataset).keys) == 13  # both datasets live in the cache
+    mine = load_features(summary.dataset, keys=summary.keys)
+    assert sorted(mine.keys) == sorted(summary.keys) and len(summary.keys) == 12
+    assert set(mine.y) == {"cats", "dogs"}
