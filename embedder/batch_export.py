@@ -53,6 +53,7 @@ class BatchExportConfig:
     ray_address: str | None = None  # None: a local Ray; "auto" or ray://host:port: a cluster
     ray_actors: int = 2  # one onnxruntime thread each (intra_op_threads)
     progress: bool = True
+    run_name: str = "run"  # the dataset's name in the cache's runs/ folder
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Summary:
     seconds: float = 0.0
     dataset: Path | None = None
     keys: list[str] = field(default_factory=list)  # this run's inputs in the cache, in order
+    run_file: Path | None = None  # runs/<name>.parquet: this dataset's keys, labels, sources
 
     def __str__(self) -> str:
         rate = self.embedded / self.seconds if self.seconds else 0.0
@@ -181,6 +183,8 @@ class CacheWriter:
             self.flush()
 
     def fail(self, key: str, source: str, reason: str) -> None:
+        if key and key in self.cache.failed:  # failed before for the same reason: retried, once
+            return
         self.failures.append((key, source, reason))
 
     def flush(self) -> None:
@@ -229,11 +233,12 @@ def export_features(items: Iterable[SourceItem], config: BatchExportConfig) -> S
     cache = EmbeddingCache(config.cache, identity)
     summary = Summary(total=len(items), dataset=cache.folder)
     writer = CacheWriter(cache, config.shard_rows)
-    known = cache.keys | cache.failed
-    prepare = _preparer(manifest, folder, known, config)
+    prepare = _preparer(manifest, folder, set(cache.keys), config)
     seen: set[str] = set()
+    members: dict[str, tuple[str | None, str]] = {}  # this run's rows: key -> (label, source)
     batch: list[Prepared] = []
     with ExitStack() as stack, _progress(len(items), config.progress) as bar:
+        stack.callback(writer.flush)  # whatever was embedded survives an aborted run
         if folder is not None:
             pre = Preprocessor(manifest, folder, config.max_image_pixels)
             embed = _local_embedder(LazySession(config, identity), pre)
@@ -250,13 +255,10 @@ def export_features(items: Iterable[SourceItem], config: BatchExportConfig) -> S
             in_flight.append((batch, infer.submit(embed, batch)))
             while len(in_flight) > streams or (in_flight and in_flight[0][1].done()):
                 done_batch, future = in_flight.pop(0)
-                _record_batch(done_batch, future.result(), writer, summary)
+                _record_batch(done_batch, future.result(), writer, summary, members)
 
         for prepared in stream:
             bar.update(1)
-            if prepared.key in cache.failed:  # failed in an earlier run: counted, not retried
-                summary.failed += 1
-                continue
             if prepared.key and prepared.key in seen:
                 summary.duplicates += 1
                 continue
@@ -265,7 +267,7 @@ def export_features(items: Iterable[SourceItem], config: BatchExportConfig) -> S
                 summary.failed += 1
                 writer.fail(prepared.key, prepared.item.source, prepared.error)
                 continue
-            summary.keys.append(prepared.key)
+            members[prepared.key] = (prepared.item.label, prepared.item.source)
             if prepared.key in cache.keys:
                 summary.from_cache += 1
                 continue
@@ -276,19 +278,21 @@ def export_features(items: Iterable[SourceItem], config: BatchExportConfig) -> S
         if batch:
             submit(batch)
         for done_batch, future in in_flight:
-            _record_batch(done_batch, future.result(), writer, summary)
-    writer.flush()
+            _record_batch(done_batch, future.result(), writer, summary, members)
+    summary.keys = list(members)
+    summary.run_file = cache.write_run(config.run_name, members)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _record_batch(batch: list[Prepared], result, writer: CacheWriter, summary: Summary) -> None:
+def _record_batch(batch: list[Prepared], result, writer: CacheWriter, summary: Summary,
+                  members: dict) -> None:  # fmt: skip
     vectors, failures = result
     failed = dict(failures)
     done = [p for i, p in enumerate(batch) if i not in failed]
     for i, reason in failures:
         writer.fail(batch[i].key, batch[i].item.source, reason)
-        summary.keys.remove(batch[i].key)
+        members.pop(batch[i].key, None)
     for prepared, vector in zip(done, vectors, strict=True):
         writer.add(prepared.key, vector, prepared.item.label, prepared.item.source)
     summary.embedded += len(done)
@@ -320,11 +324,19 @@ def _preparer(manifest: Manifest, folder: Path | None, known: Container[str], co
 
 def _local_embedder(lazy: LazySession, pre: Preprocessor):
     def embed(batch: list[Prepared]) -> tuple[np.ndarray, list[tuple[int, str]]]:
+        failures: list[tuple[int, str]] = []
         if pre.manifest.modality == "text":
-            arrays = pre.texts([p.raw for p in batch])
+            arrays = []
+            for i, p in enumerate(batch):  # one bad text (too long) fails alone
+                try:
+                    arrays.extend(pre.texts([p.raw]))
+                except InputError as exc:
+                    failures.append((i, str(exc).removeprefix("item 0: ")))
         else:
             arrays = [p.array for p in batch]
-        return lazy.get().run(pre.collate(arrays)), []
+        if not arrays:
+            return np.zeros((0, pre.manifest.dim), np.float32), failures
+        return lazy.get().run(pre.collate(arrays))[:, : pre.manifest.dim], failures
 
     return embed
 

@@ -4,6 +4,10 @@
         dataset.json            model, version, dim, model and preprocessing digests
         embeddings/*.parquet    key, embedding fixed_size_list<float32>[D], label, source
         failures/*.parquet      key, source, reason
+        runs/<name>.parquet     one export run's inputs: key, label, source
+
+The embeddings are content-addressed and shared by every dataset embedded with the model; a
+run file says which rows make up one dataset and with which labels (`load_features(run_file)`).
 
 `digest` hashes the sha256 of the ONNX file actually run with the manifest's preprocessing, so
 a cache row's effective key is (model digest, preprocessing digest, sha256 of the raw input
@@ -29,7 +33,8 @@ import pyarrow.parquet as pq
 from .errors import EmbedderError
 from .manifest import Manifest
 
-EMBEDDINGS, FAILURES = "embeddings", "failures"
+EMBEDDINGS, FAILURES, RUNS = "embeddings", "failures", "runs"
+RUN_SCHEMA = pa.schema([("key", pa.string()), ("label", pa.string()), ("source", pa.string())])
 
 
 class CacheError(EmbedderError):
@@ -152,6 +157,21 @@ class EmbeddingCache:
         _write_atomically(table, self.folder / FAILURES, "failed")
         self.failed.update(keys)
 
+    def write_run(self, name: str, members: dict[str, tuple[str | None, str]]) -> Path:
+        """runs/<name>.parquet: the keys of one dataset with their labels and sources."""
+        if not name or "/" in name or name.startswith("."):
+            raise CacheError(f"run name {name!r}: use a plain file name")
+        keys = list(members)
+        labels = [members[k][0] for k in keys]
+        sources = [members[k][1] for k in keys]
+        table = pa.table({"key": keys, "label": labels, "source": sources}, RUN_SCHEMA)
+        folder = self.folder / RUNS
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp, final = folder / f".{name}.{os.getpid()}.tmp", folder / f"{name}.parquet"
+        pq.write_table(table, tmp)
+        os.replace(tmp, final)
+        return final
+
     def lookup(self) -> dict[str, np.ndarray]:
         """Every cached key -> its embedding (the server's in-memory view)."""
         if not self.shard_files():
@@ -168,31 +188,70 @@ class Features:
     sources: np.ndarray
 
 
-def load_features(path: str | Path, keys=None) -> Features:
-    """Read a dataset folder (or its embeddings/ folder, or one shard) without a Python loop.
+def dataset_folder(path: str | Path) -> Path:
+    """The dataset folder (the one with dataset.json) that `path` is in or is."""
+    path = Path(path).resolve()
+    for folder in (path, *path.parents):
+        if (folder / "dataset.json").is_file():
+            return folder
+    raise CacheError(f"{path} is not inside a cache dataset (no dataset.json found)")
 
-    A cache folder holds every input ever embedded with its model; `keys` (e.g. a run's
-    `Summary.keys`) selects the rows of one dataset.
+
+def read_identity(path: str | Path) -> dict:
+    return json.loads((dataset_folder(path) / "dataset.json").read_text())
+
+
+def load_features(path: str | Path, keys=None) -> Features:
+    """Features without a Python loop over rows, from a dataset folder (every row it holds), a
+    run file `runs/<name>.parquet` (that dataset's rows and labels), or shards.
+
+    `keys` (e.g. a run's `Summary.keys`) narrows the rows further.
     """
     path = Path(path)
+    run = None
+    if path.is_file() and path.parent.name == RUNS:
+        run = pq.read_table(path)
+        path = path.parent.parent
     if (path / EMBEDDINGS).is_dir():
         path = path / EMBEDDINGS
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     if not files:
         raise CacheError(f"no embedding shards under {path}; run the batch export first")
-    table = pq.ParquetDataset(files).read()
+    table = _unique_keys(pq.ParquetDataset(files).read())
+    if run is not None:
+        table = _join_run(run, table)
     if keys is not None:
         import pyarrow.compute as pc
 
-        table = table.filter(
-            pc.is_in(table.column("key"), value_set=pa.array(list(keys), pa.string()))
-        )
+        wanted = pa.array(list(keys), pa.string())
+        table = table.filter(pc.is_in(table.column("key"), value_set=wanted))
     column = table.column("embedding").combine_chunks()
     if not pa.types.is_fixed_size_list(column.type):
         raise CacheError(f"{path}: 'embedding' is {column.type}, not fixed_size_list<float32>")
     X = column.flatten().to_numpy().reshape(len(column), column.type.list_size)
     labels = table.column("label")
     y = labels.to_numpy(zero_copy_only=False) if labels.null_count == 0 and len(labels) else None
-    keys = table.column("key").to_numpy(zero_copy_only=False)
+    keys_out = table.column("key").to_numpy(zero_copy_only=False)
     sources = table.column("source").to_numpy(zero_copy_only=False)
-    return Features(X.astype(np.float32, copy=False), y, keys, sources)
+    return Features(X.astype(np.float32, copy=False), y, keys_out, sources)
+
+
+def _join_run(run: pa.Table, table: pa.Table) -> pa.Table:
+    """The run's rows, in its order, with their embeddings (a vectorised lookup by key)."""
+    keys = table.column("key").to_numpy(zero_copy_only=False).astype(str)
+    wanted = run.column("key").to_numpy(zero_copy_only=False).astype(str)
+    order = np.argsort(keys)
+    pos = np.clip(np.searchsorted(keys, wanted, sorter=order), 0, max(len(keys) - 1, 0))
+    rows = order[pos] if len(keys) else np.zeros(0, int)
+    found = keys[rows] == wanted if len(keys) else np.zeros(len(wanted), bool)
+    embedding = table.column("embedding").take(pa.array(rows[found]))
+    run = run.filter(pa.array(found))
+    return pa.table({"key": run.column("key"), "embedding": embedding,
+                     "label": run.column("label"), "source": run.column("source")})  # fmt: skip
+
+
+def _unique_keys(table: pa.Table) -> pa.Table:
+    """Two writers (a server and an export) may both have stored a key: keep its first row."""
+    keys = table.column("key").to_numpy(zero_copy_only=False)
+    _, first = np.unique(keys, return_index=True)
+    return table if len(first) == len(keys) else table.take(np.sort(first))

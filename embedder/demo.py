@@ -99,14 +99,14 @@ def embed_dataset(repo: Path, cache: Path, data: Path):
     folder = data / "lfw_subset"
     shutil.rmtree(folder, ignore_errors=True)
     paths, labels, pixels = lfw_faces(folder)
-    config = BatchExportConfig(repo=repo, model="mobilenet_v2", cache=cache)
+    config = BatchExportConfig(repo=repo, model="mobilenet_v2", cache=cache, run_name="lfw_subset")
     print(f"\nBatch export of {folder} (faces vs non-faces) with mobilenet_v2:")
     summary = export_features(image_folder(folder, labels_from_folders=True), config)
     print(f"  {summary}")
-    features = load_features(summary.dataset, keys=summary.keys)
+    features = load_features(summary.run_file)  # this dataset's rows and labels
     names, counts = np.unique(features.y, return_counts=True)
     counts = {str(k): int(v) for k, v in zip(names, counts, strict=True)}
-    print(f"  load_features -> X {features.X.shape} {features.X.dtype}, labels {counts}")
+    print(f"  load_features({summary.run_file}) -> X {features.X.shape}, labels {counts}")
     by_key = {content_key(p.read_bytes()): px for p, px in zip(paths, pixels, strict=True)}
     return summary.dataset, features, np.stack([by_key[k] for k in features.keys])
 

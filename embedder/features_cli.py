@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--decode-workers", type=int, default=d.decode_workers)
     e.add_argument("--shard-rows", type=int, default=d.shard_rows)
     e.add_argument("--provider", default=d.provider, choices=("auto", "cpu", "cuda", "tensorrt"))
+    e.add_argument("--name", help="dataset name for runs/<name>.parquet (default: input's name)")
     e.add_argument("--no-progress", action="store_true")
     s = sub.add_parser("show", help="rows, dimension and labels of a cached dataset")
     s.add_argument("path", type=Path)
@@ -48,6 +49,11 @@ def _items(args: argparse.Namespace):
     if args.paths:
         return path_list(args.paths)
     return text_table(args.texts, args.text_column, args.label_column)
+
+
+def _default_name(args: argparse.Namespace) -> str:
+    source = args.images or args.paths or args.texts
+    return Path(source).resolve().name.split(".")[0] or "run"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,9 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             engine=args.engine, server=args.server, batch_size=args.batch_size,
             decode_workers=args.decode_workers, shard_rows=args.shard_rows,
             provider=args.provider, ray_address=args.ray_address, ray_actors=args.ray_actors,
-            progress=not args.no_progress,
+            progress=not args.no_progress, run_name=args.name or _default_name(args),
         )  # fmt: skip
-        print(export_features(_items(args), config))
+        summary = export_features(_items(args), config)
+        print(summary)
+        print(f"this dataset: {summary.run_file}")
     except (EmbedderError, OSError) as exc:
         print(f"embedder-features: error: {exc}", file=sys.stderr)
         return 2

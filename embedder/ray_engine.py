@@ -26,7 +26,7 @@ from .batch_export import (
     identity_for,
     open_model,
 )
-from .cache import EmbeddingCache
+from .cache import CacheIdentity, EmbeddingCache
 from .errors import EmbedderError
 from .inputs import Preprocessor
 from .sources import SourceItem
@@ -37,8 +37,13 @@ OUTPUT_COLUMNS = ("key", "embedding", "label", "source", "status", "reason")
 class RayEmbedder:
     """Ray Data callable class: a session per actor, one Arrow table in, one out."""
 
-    def __init__(self, config: BatchExportConfig, known: set[str]):
+    def __init__(self, config: BatchExportConfig, known: set[str], identity: CacheIdentity):
         self.session = open_model(config)
+        if identity_for(self.session) != identity:  # e.g. a GPU node would write fp16 rows
+            raise EmbedderError(
+                f"actor session runs {self.session.precision} on {self.session.providers}, "
+                "not the model file the driver opened the cache for; use one provider"
+            )
         self.known = known
         m, folder = self.session.manifest, self.session.folder
         self.pre = Preprocessor(m, folder, config.max_image_pixels)
@@ -107,36 +112,39 @@ def export_with_ray(items: list[SourceItem], config: BatchExportConfig) -> Summa
     writer = CacheWriter(cache, config.shard_rows)
     rows = [{"source": it.source, "label": it.label, "path": str(it.path) if it.path else None,
              "text": it.text} for it in items]  # fmt: skip
-    known = cache.keys | cache.failed
+    known = set(cache.keys)
     blocks = max(1, len(rows) // (config.batch_size * 8))
     dataset = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
         RayEmbedder,
-        fn_constructor_kwargs={"config": config, "known": known},
+        fn_constructor_kwargs={"config": config, "known": known, "identity": identity},
         batch_size=config.batch_size,
         batch_format="pyarrow",
         concurrency=config.ray_actors,
         num_cpus=1,
     )
     seen: set[str] = set()
-    with _progress(len(items), config.progress) as bar:
-        for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            _collect(table, cache, writer, summary, seen)
-            bar.update(table.num_rows)
-    writer.flush()
+    members: dict[str, tuple[str | None, str]] = {}
+    try:
+        with _progress(len(items), config.progress) as bar:
+            for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+                _collect(table, cache, writer, summary, seen, members)
+                bar.update(table.num_rows)
+    finally:
+        writer.flush()
+    summary.keys = list(members)
+    summary.run_file = cache.write_run(config.run_name, members)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _collect(table: pa.Table, cache, writer: CacheWriter, summary: Summary, seen: set[str]) -> None:
+def _collect(table: pa.Table, cache, writer: CacheWriter, summary: Summary, seen: set[str],
+             members: dict) -> None:  # fmt: skip
     vectors = table.column("embedding").combine_chunks()
     matrix = vectors.flatten().to_numpy().reshape(len(vectors), vectors.type.list_size)
     for i, row in enumerate(
         table.select(["key", "label", "source", "status", "reason"]).to_pylist()
     ):
         key = row["key"]
-        if key in cache.failed:  # failed in an earlier run: counted, not retried
-            summary.failed += 1
-            continue
         if key and key in seen:
             summary.duplicates += 1
             continue
@@ -146,8 +154,8 @@ def _collect(table: pa.Table, cache, writer: CacheWriter, summary: Summary, seen
             writer.fail(key, row["source"], row["reason"])
         elif row["status"] == "cached" or key in cache.keys:
             summary.from_cache += 1
-            summary.keys.append(key)
+            members[key] = (row["label"], row["source"])
         else:
             summary.embedded += 1
-            summary.keys.append(key)
+            members[key] = (row["label"], row["source"])
             writer.add(key, matrix[i], row["label"], row["source"])

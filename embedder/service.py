@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -23,6 +24,7 @@ from .repository import ModelRepository
 from .runtime import ModelSession
 from .serving_cache import ServingCache
 
+_ITEM_NUMBER = re.compile(r"^item (\d+):")
 INLINE_TEXT_CHARS = 2048  # tokenising this much takes ~0.1 ms: cheaper than a thread hop
 
 
@@ -171,9 +173,11 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         pending: asyncio.Queue[asyncio.Task | None] = asyncio.Queue(maxsize=64)
 
         async def produce() -> None:
-            async for request in requests:
-                await pending.put(asyncio.ensure_future(self.embed(request, None)))
-            await pending.put(None)
+            try:
+                async for request in requests:
+                    await pending.put(asyncio.ensure_future(self.embed(request, None)))
+            finally:
+                await pending.put(None)
 
         producer = asyncio.ensure_future(produce())
         try:
@@ -182,6 +186,10 @@ class EmbedderService(pb_grpc.EmbedderServicer):
             await producer
         finally:
             producer.cancel()
+            while not pending.empty():  # the client went away: stop what it will never read
+                task = pending.get_nowait()
+                if task is not None:
+                    task.cancel()
 
     async def _stream_answer(self, task: asyncio.Task) -> pb.EmbedResponse:
         from .interceptors import status_for
@@ -270,10 +278,16 @@ class EmbedderService(pb_grpc.EmbedderServicer):
             for i, text in zip(indices, texts, strict=True):
                 if not text.strip():
                     raise InputError(f"item {i}: empty text")
-            if sum(map(len, texts)) <= INLINE_TEXT_CHARS:  # a thread hop costs more than this
-                return pre.texts(texts)
-            return await loop.run_in_executor(self._pool, pre.texts, texts)
-        jobs: list[Any] = [
-            loop.run_in_executor(self._pool, pre.image, i, r) for i, r in enumerate(raw)
-        ]
+            try:
+                if sum(map(len, texts)) <= INLINE_TEXT_CHARS:  # a thread hop costs more
+                    return pre.texts(texts)
+                return await loop.run_in_executor(self._pool, pre.texts, texts)
+            except InputError as exc:  # the tokenizer numbers items within `texts`
+                raise InputError(
+                    _ITEM_NUMBER.sub(lambda m: f"item {indices[int(m[1])]}:", str(exc))
+                ) from exc
+        pairs = list(zip(indices, raw, strict=True))
+        if all(r.kind == "tensor" for r in raw):  # already pixels: only a shape check, inline
+            return [pre.image(i, r) for i, r in pairs]
+        jobs: list[Any] = [loop.run_in_executor(self._pool, pre.image, i, r) for i, r in pairs]
         return list(await asyncio.gather(*jobs))

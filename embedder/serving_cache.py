@@ -7,6 +7,7 @@ and what the server computes is there for the next export.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from protos.embedder.v1 import embedder_pb2 as pb
 from .batch_export import CacheWriter, identity_for
 from .cache import EmbeddingCache, content_key
 from .runtime import ModelSession
+
+log = logging.getLogger(__name__)
 
 
 def item_key(item: pb.Item) -> str:
@@ -44,8 +47,12 @@ class ServingCache:
         return keys, hits
 
     async def store(self, keys: list[str], vectors: np.ndarray) -> None:
-        """Remember computed rows; shards are written off the event loop."""
-        await asyncio.get_running_loop().run_in_executor(None, self._store, keys, vectors)
+        """Remember computed rows; shards are written off the event loop. Best effort: a cache
+        that cannot be written (disk full) is logged and never fails the request."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._store, keys, vectors)
+        except OSError as exc:
+            log.error("embedding cache %s not written: %s", self.cache.folder, exc)
 
     def _store(self, keys: list[str], vectors: np.ndarray) -> None:
         with self._lock:
@@ -56,4 +63,7 @@ class ServingCache:
 
     def flush(self) -> None:
         with self._lock:
-            self.writer.flush()
+            try:
+                self.writer.flush()
+            except OSError as exc:
+                log.error("embedding cache %s not written: %s", self.cache.folder, exc)

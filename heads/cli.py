@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -14,14 +13,11 @@ from .train import HeadConfig, train_head
 
 
 def _load(path: Path):
-    from embedder.cache import load_features
+    """Features of a cache dataset folder or a run file, and the dataset's identity (+ digest)."""
+    from embedder.cache import dataset_folder, load_features, read_identity
 
     features = load_features(path)
-    meta = (
-        json.loads((Path(path) / "dataset.json").read_text())
-        if (Path(path) / "dataset.json").exists()
-        else {}
-    )
+    meta = read_identity(path) | {"digest": dataset_folder(path).name}
     return features, meta
 
 
@@ -40,9 +36,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     features, meta = _load(args.features)
     head = train_head(features.X, features.y, _config(args))
-    backbone = {k: meta.get(k) for k in ("model", "version")} | {
-        "digest": str(Path(args.features).name)
-    }
+    backbone = {k: meta[k] for k in ("model", "version", "digest")}
     save_head(head, args.out, backbone, features.X.shape[1])
     print(
         f"{head.config.kind}: C={head.C:.4g}, CV accuracy {max(head.cv_scores.values()):.4f}, "
@@ -106,7 +100,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     pipeline, info = load_head(args.head)
     features, meta = _load(args.features)
-    info.check_backbone({"model": meta.get("model"), "digest": Path(args.features).name})
+    info.check_backbone(meta)
     predictions = pipeline.predict(features.X)
     for source, label in zip(features.sources, predictions, strict=True):
         print(f"{source}\t{label}")

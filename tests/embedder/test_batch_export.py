@@ -231,3 +231,36 @@ def test_summary_keys_select_one_dataset_from_a_shared_cache(tiny_repo, images, 
     mine = load_features(summary.dataset, keys=summary.keys)
     assert sorted(mine.keys) == sorted(summary.keys) and len(summary.keys) == 12
     assert set(mine.y) == {"cats", "dogs"}
+
+
+def test_run_file_carries_this_datasets_labels(tiny_repo, images, tmp_path):
+    """A later export of the same images under other labels gets its own labels from its run."""
+    cache = tmp_path / "c"
+    first = export_features(image_folder(images, True), config(tiny_repo, cache, run_name="animals"))
+    relabelled = [it.__class__(it.source, "pets", it.path, it.text) for it in image_folder(images, True)]
+    second = export_features(relabelled, config(tiny_repo, cache, run_name="pets"))
+    assert second.from_cache == 12 and second.embedded == 0
+    assert set(load_features(first.run_file).y) == {"cats", "dogs"}
+    assert set(load_features(second.run_file).y) == {"pets"}
+    assert first.run_file.name == "animals.parquet" and len(load_features(second.run_file).X) == 12
+
+
+def test_failures_are_retried_but_recorded_once(tiny_repo, images, tmp_path):
+    cfg = config(tiny_repo, tmp_path / "c")
+    first = export_features(image_folder(images, True), cfg)
+    export_features(image_folder(images, True), cfg)
+    rows = pq.ParquetDataset(sorted((first.dataset / "failures").glob("*.parquet"))).read()
+    assert rows.num_rows == 2
+
+
+def test_rows_written_twice_by_two_writers_load_once(tiny_repo, images, tmp_path):
+    from embedder.cache import EmbeddingCache
+
+    summary = export_features(image_folder(images, True), config(tiny_repo, tmp_path / "c"))
+    f = load_features(summary.dataset)
+    ident = json.loads((summary.dataset / "dataset.json").read_text())
+    from embedder.cache import CacheIdentity
+
+    second_writer = EmbeddingCache(tmp_path / "c", CacheIdentity(**ident))
+    second_writer.append(list(f.keys[:3]), f.X[:3], [None] * 3, [None] * 3)
+    assert len(load_features(summary.dataset).keys) == 12

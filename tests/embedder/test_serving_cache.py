@@ -59,3 +59,18 @@ def test_server_writes_what_it_computed_on_shutdown(tiny_repo, tmp_path):
         c.embed(embed_request("tiny_image", [pb.Item(image=_png(5))]))
     with running_server(tiny_repo, cache=cache) as server, EmbedderClient(server.target) as c:
         assert c.embed(embed_request("tiny_image", [pb.Item(image=_png(5))])).cache_hits == [True]
+
+
+def test_errors_name_the_request_index_when_earlier_items_hit_the_cache(tiny_repo, tmp_path):
+    import grpc
+    import pytest
+
+    with (
+        running_server(tiny_repo, cache=tmp_path / "cache") as server,
+        EmbedderClient(server.target) as c,
+    ):
+        c.embed(embed_request("tiny_image", [pb.Item(image=_png(0))]))
+        items = [pb.Item(image=_png(0)), pb.Item(image=_png(1)), pb.Item(image=b"corrupt")]
+        with pytest.raises(grpc.RpcError) as err:
+            c.embed(embed_request("tiny_image", items))
+    assert err.value.details().startswith("item 2: cannot decode image")
