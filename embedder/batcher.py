@@ -52,6 +52,8 @@ class DynamicBatcher:
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
         self._task: asyncio.Task | None = None
+        # Recent batch size (a slowly decaying maximum) and when the last batch ended.
+        self._expected, self._last_done = 0.0, 0.0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(
@@ -102,8 +104,14 @@ class DynamicBatcher:
             self._wakeup.clear()
             await self._wakeup.wait()
         limit, delay = self.config.max_batch_size, self.config.max_queue_delay_ms / 1000
-        while sum(len(j.arrays) for j in self._jobs) < limit:
-            remaining = self._jobs[0].enqueued + delay - time.monotonic()
+        # The callers of the batch that just finished are about to send their next requests:
+        # wait a little for them rather than run a half batch now and a half batch next.
+        expected = min(limit, int(self._expected))
+        while (queued := sum(len(j.arrays) for j in self._jobs)) < limit:
+            until = self._jobs[0].enqueued + delay
+            if queued < expected:
+                until = max(until, self._last_done + self.config.returning_wait_ms / 1000)
+            remaining = until - time.monotonic()
             if remaining <= 0:
                 break
             self._wakeup.clear()
@@ -150,7 +158,9 @@ class DynamicBatcher:
                     if not job.future.done():
                         job.future.set_exception(exc)
                 continue
-            inference_ms = (time.monotonic() - started) * 1000
+            self._expected = max(len(arrays), self._expected * 0.9)
+            self._last_done = time.monotonic()
+            inference_ms = (self._last_done - started) * 1000
             if self._on_batch:
                 self._on_batch(len(arrays), inference_ms)
             offset = 0

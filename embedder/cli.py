@@ -28,6 +28,7 @@ def serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, default=b.max_batch_size)
     p.add_argument("--max-queue-delay-ms", type=float, default=b.max_queue_delay_ms)
     p.add_argument("--max-queue-size", type=int, default=b.max_queue_size, help="items per model")
+    p.add_argument("--returning-wait-ms", type=float, default=b.returning_wait_ms)
     p.add_argument("--max-items-per-request", type=int, default=d.max_items_per_request)
     p.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
     p.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels)
@@ -46,7 +47,9 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         repository=args.repo, address=args.address, provider=args.provider,
         cpu_precision=args.cpu_precision, intra_op_threads=args.intra_op_threads,
         preprocess_threads=args.preprocess_threads,
-        batching=BatchingConfig(args.max_batch_size, args.max_queue_delay_ms, args.max_queue_size),
+        batching=BatchingConfig(args.max_batch_size, args.max_queue_delay_ms,
+                                returning_wait_ms=args.returning_wait_ms,
+                                max_queue_size=args.max_queue_size),
         max_items_per_request=args.max_items_per_request, max_message_bytes=args.max_message_bytes,
         max_image_pixels=args.max_image_pixels, metrics_port=args.metrics_port,
         auth_token=args.auth_token, tls_cert=args.tls_cert, tls_key=args.tls_key,

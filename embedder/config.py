@@ -16,6 +16,10 @@ class BatchingConfig:
     # How long the oldest item waits for company. 0: a batch leaves as soon as the model is
     # free; under load the next batch fills while the current one runs.
     max_queue_delay_ms: float = 0.0
+    # After a batch, wait up to this long for its callers' next requests when fewer items are
+    # queued than it held (steady concurrent clients then fill whole batches; a lone client
+    # never waits, its last batch held only its own item).
+    returning_wait_ms: float = 5.0
     max_queue_size: int = 1024  # items waiting per model; beyond it: RESOURCE_EXHAUSTED
 
 
