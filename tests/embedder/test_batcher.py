@@ -109,3 +109,20 @@ def test_a_failing_run_fails_its_batch_not_the_loop(session):
         await b.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("returning_wait_ms,expected_calls", [(0, [4, 1, 3]), (200, [4, 4])])
+def test_waits_for_the_callers_of_the_last_batch(session, returning_wait_ms, expected_calls):
+    async def main():
+        calls = []
+        b = make(session, calls, max_batch_size=8, returning_wait_ms=returning_wait_ms)
+        b.start()
+        await asyncio.gather(*(b.submit(items(1, seed=i)) for i in range(4)))  # a batch of 4
+        first = asyncio.ensure_future(b.submit(items(1)))  # its callers come back one by one
+        await asyncio.sleep(0.02)
+        rest = [asyncio.ensure_future(b.submit(items(1, seed=i))) for i in range(3)]
+        await asyncio.gather(first, *rest)
+        await b.close()
+        return calls
+
+    assert asyncio.run(main()) == expected_calls
