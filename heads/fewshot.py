@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -191,7 +191,3 @@ def plot_curve(curve: Curve, path: str | Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def with_scaling(config: HeadConfig, scaling: str) -> HeadConfig:
-    return replace(config, scaling=scaling)
