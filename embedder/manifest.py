@@ -178,3 +178,21 @@ class Manifest:
 
 def _tensor(raw: dict[str, Any]) -> TensorSpec:
     return TensorSpec(name=raw["name"], dtype=raw["dtype"], shape=tuple(raw["shape"]))
+
+
+def swap_into_place(staging: Path, target: Path) -> None:
+    """Rename a finished folder onto `target`; an old `target` is kept until the swap is done."""
+    import shutil
+    import time
+
+    if not target.exists():
+        staging.rename(target)
+        return
+    old = target.with_name(f".{target.name}.replaced-{time.time_ns()}")
+    target.rename(old)
+    try:
+        staging.rename(target)
+    except BaseException:
+        old.rename(target)  # put the old version back
+        raise
+    shutil.rmtree(old)

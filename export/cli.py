@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except ExportError as exc:
+    except (ExportError, OSError) as exc:
         print(f"embedder-export: error: {exc}", file=sys.stderr)
         return 2
     return 0

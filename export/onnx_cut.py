@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from embedder.manifest import ImagePreprocess
 
-from .errors import UnknownLayerError
+from .errors import ExportError, UnknownLayerError
 
 POOLINGS = ("cls", "mean", "cls+mean")  # for token outputs (N, T, C); (N, C, H, W) maps use GAP
 
@@ -38,7 +38,15 @@ class OnnxCutBackbone:
             raise ValueError(f"token pooling {token_pooling!r}; choose one of {POOLINGS}")
         self.source, self.input_name = Path(source), input_name
         self.preprocess, self.token_pooling = preprocess, token_pooling
-        model = onnx.load(str(self.source), load_external_data=False)
+        if not self.source.is_file():
+            raise ExportError(f"{self.source} is not a file; give the path of an .onnx model")
+        try:
+            model = onnx.load(str(self.source), load_external_data=False)
+        except Exception as exc:
+            raise ExportError(f"{self.source} is not a readable ONNX model: {exc}") from exc
+        inputs = [i.name for i in model.graph.input]
+        if input_name not in inputs:
+            raise ExportError(f"{self.source} has no input {input_name!r}; its inputs: {inputs}")
         self.opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
         self._tensors = [out for node in model.graph.node for out in node.output]
         self.layer_map = layer_map or {t: t for t in self._tensors}
@@ -55,7 +63,11 @@ class OnnxCutBackbone:
         return self.layer_map[layer]
 
     def pooling(self, layer: str) -> str:
-        return self.token_pooling if self._rank(layer) == 3 else "global-average"
+        rank = self._rank(layer)
+        if rank not in (2, 3, 4):
+            raise ExportError(f"cut tensor {self.tensor(layer)!r} has rank {rank}; cut at (N, C), "
+                              "(N, tokens, C) or (N, C, H, W)")  # fmt: skip
+        return {2: "none", 3: self.token_pooling, 4: "global-average"}[rank]
 
     def _rank(self, layer: str) -> int:
         if layer not in self._ranks:
@@ -108,6 +120,8 @@ class OnnxCutBackbone:
         return [helper.make_node("ReduceMean", [src], [dst], axes=axes, keepdims=0)], []
 
     def _pool_nodes(self, tensor: str, pooling: str) -> tuple[list, list]:
+        if pooling == "none":  # already (N, C): a pooled layer of a classifier
+            return [helper.make_node("Identity", [tensor], ["features"])], []
         if pooling == "global-average":
             return self._reduce_mean(tensor, "features", [2, 3])
         consts = {
@@ -147,6 +161,8 @@ class OnnxCutBackbone:
         std = np.array(self.preprocess.std, np.float32).reshape(1, 3, 1, 1)
         x = inputs["pixels"].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
         tokens = self._run_source(((x - mean) / std).astype(np.float32), self.tensor(layer))
+        if tokens.ndim == 2:
+            return tokens
         if tokens.ndim == 4:
             return tokens.mean((2, 3))
         cls, mean_patch = tokens[:, 0], tokens[:, 1:].mean(1)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from embedder.manifest import Manifest, TensorSpec, sha256_file
+from embedder.manifest import Manifest, TensorSpec, sha256_file, swap_into_place
 
 from .config import PretrainedCfg
 from .errors import ParityError, SanityCheckError, UnknownLayerError, VersionExistsError
@@ -103,15 +103,9 @@ def input_specs(backbone) -> tuple[TensorSpec, ...]:
 
 def _publish(staging: Path, target: Path, overwrite: bool) -> None:
     staging.chmod(0o755)  # mkdtemp creates it private
-    if not target.exists():
-        staging.rename(target)
-        return
-    if not overwrite:
+    if target.exists() and not overwrite:
         raise VersionExistsError(f"{target} exists; pass --overwrite to replace it")
-    old = target.with_name(f".{target.name}.replaced-{time.time_ns()}")
-    target.rename(old)
-    staging.rename(target)
-    shutil.rmtree(old)
+    swap_into_place(staging, target)
 
 
 def export_backbone(

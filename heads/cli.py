@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
+from embedder.errors import EmbedderError
 
 from .errors import HeadError
 from .train import HeadConfig, train_head
@@ -19,6 +22,12 @@ def _load(path: Path):
     features = load_features(path)
     meta = read_identity(path) | {"digest": dataset_folder(path).name}
     return features, meta
+
+
+def _at_least_2(text: str) -> int:
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: folds must be an integer >= 2")
+    return int(text)
 
 
 def _config(args: argparse.Namespace) -> HeadConfig:
@@ -77,9 +86,18 @@ def cmd_curve(args: argparse.Namespace) -> None:
         from embedder.sources import text_table
 
         by_key = {content_key(i.text): i.text for i in text_table(args.texts, args.text_column)}
+        missing = [
+            s for k, s in zip(features.keys, features.sources, strict=True) if k not in by_key
+        ]
+        if missing:
+            raise HeadError(
+                f"{len(missing)} cached rows (e.g. {missing[0]}) are not in {args.texts}"
+            )
         baseline, name = tfidf_baseline([by_key[k] for k in features.keys]), "TF-IDF"
     else:
         baseline, name = pixel_baseline(_pixels(features.sources, args.pixels)), "raw pixels"
+    # TF-IDF rows are sparse and already L2-normalised: no centring for the baseline
+    baseline_config = replace(_config(args), scaling="none") if args.texts else None
     curve = few_shot_curve(
         features.X,
         features.y,
@@ -88,6 +106,7 @@ def cmd_curve(args: argparse.Namespace) -> None:
         baseline_name=name,
         draws=args.draws,
         config=_config(args),
+        baseline_config=baseline_config,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "curve.json").write_text(curve.to_json())
@@ -125,11 +144,10 @@ def cmd_compare(args: argparse.Namespace) -> None:
     sets = {}
     for path in args.features:
         features, meta = _load(path)
-        sets[f"{meta.get('model', path)}:{Path(path).name}"] = (
-            features.X,
-            features.y,
-            features.keys,
-        )
+        name = f"{meta['model']}/{meta['version']}:{Path(path).name}"
+        if name in sets:
+            raise HeadError(f"two feature sets are both called {name}; give distinct files")
+        sets[name] = (features.X, features.y, features.keys)
     aligned, y = align(sets)
     print(table(compare(aligned, y, _config(args), folds=args.folds)))
 
@@ -149,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--kind", default="logreg", choices=("logreg", "linear_svc", "rbf_svc"))
         sp.add_argument("--scaling", default="standard", choices=("standard", "l2", "none"))
         sp.add_argument("--balanced", action="store_true", help="class_weight='balanced'")
-        sp.add_argument("--folds", type=int, default=5, help="CV folds for choosing C")
+        sp.add_argument("--folds", type=_at_least_2, default=5, help="CV folds for choosing C")
         sp.add_argument("--seed", type=int, default=0)
 
     t = sub.add_parser("train", help="choose C by CV, refit, save head.skops + head.json")
@@ -192,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (HeadError, ValueError, OSError) as exc:
+    except (HeadError, EmbedderError, ValueError, OSError) as exc:
         print(f"embedder-heads: error: {exc}", file=sys.stderr)
         return 2
     return 0

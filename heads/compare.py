@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
+from .errors import LabelError
 from .train import DEFAULT_CONFIG, HeadConfig, check_labels, train_head
 
 
@@ -27,9 +28,13 @@ def align(feature_sets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]):
     order = sorted(common)
     aligned, y = {}, None
     for name, (X, labels, keys) in feature_sets.items():
+        if labels is None:
+            raise LabelError(f"{name} has no labels; export it with labels")
         row = {k: i for i, k in enumerate(keys)}
         idx = [row[k] for k in order]
         aligned[name] = X[idx]
+        if y is not None and not np.array_equal(labels[idx], y):
+            raise LabelError(f"{name} labels the same inputs differently from the first set")
         y = labels[idx] if y is None else y
     return aligned, y
 

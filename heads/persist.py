@@ -5,6 +5,7 @@ was trained on, so it cannot be applied to another model's embeddings by mistake
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,9 +48,11 @@ def save_head(head: TrainedHead, folder: str | Path, backbone: dict, dim: int) -
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    skops.io.dump(head.pipeline, folder / "head.skops")
     info = HeadInfo([str(c) for c in head.classes], head.config.kind, head.C, dim, backbone)
-    (folder / "head.json").write_text(json.dumps(info.__dict__, indent=2) + "\n")
+    skops.io.dump(head.pipeline, folder / ".head.skops.tmp")
+    (folder / ".head.json.tmp").write_text(json.dumps(info.__dict__, indent=2) + "\n")
+    os.replace(folder / ".head.skops.tmp", folder / "head.skops")  # both written before either
+    os.replace(folder / ".head.json.tmp", folder / "head.json")  # replaces the old pair
     return folder
 
 

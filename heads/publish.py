@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 
 from embedder.cache import CacheIdentity
-from embedder.manifest import HeadSpec, Manifest, sha256_file
+from embedder.manifest import HeadSpec, Manifest, sha256_file, swap_into_place
 
 from .errors import FeatureError, HeadError
 from .persist import head_to_onnx, load_head
@@ -44,9 +44,9 @@ def _head_graph(pipeline, info, name: str, dim: int, opset: int, ir_version: int
 def publish(backbone_folder: Path, heads: dict[str, Path], repo: Path, name: str,
             version: str = "1", overwrite: bool = False) -> Path:  # fmt: skip
     """Compose the backbone in `backbone_folder` with `heads` (head name -> saved head folder)."""
-    for head_name in [name, *heads]:
-        if not _NAME.match(head_name):
-            raise HeadError(f"name {head_name!r}: use letters, digits, '_', '-' or '.'")
+    for label in [name, version, *heads]:
+        if not _NAME.match(label) or label in (".", ".."):
+            raise HeadError(f"name {label!r}: use letters, digits, '_', '-' or '.'")
     manifest = Manifest.read(backbone_folder)
     manifest.verify(backbone_folder)
     target = Path(repo) / name / version
@@ -89,9 +89,7 @@ def _write(model, manifest, backbone_folder, target, name, version, specs, overw
         )  # fmt: skip
         published.write(staging)
         staging.chmod(0o755)
-        if target.exists() and overwrite:
-            shutil.rmtree(target)
-        staging.rename(target)
+        swap_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

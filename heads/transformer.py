@@ -31,6 +31,7 @@ class Embeddings(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
 
     def fit(self, X, y=None):
+        self._session = None  # parameters may have changed since the last fit
         if self.server:
             from embedder.client import EmbedderClient
             from protos.embedder.v1 import embedder_pb2 as pb

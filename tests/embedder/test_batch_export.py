@@ -236,8 +236,12 @@ def test_summary_keys_select_one_dataset_from_a_shared_cache(tiny_repo, images, 
 def test_run_file_carries_this_datasets_labels(tiny_repo, images, tmp_path):
     """A later export of the same images under other labels gets its own labels from its run."""
     cache = tmp_path / "c"
-    first = export_features(image_folder(images, True), config(tiny_repo, cache, run_name="animals"))
-    relabelled = [it.__class__(it.source, "pets", it.path, it.text) for it in image_folder(images, True)]
+    first = export_features(
+        image_folder(images, True), config(tiny_repo, cache, run_name="animals")
+    )
+    relabelled = [
+        it.__class__(it.source, "pets", it.path, it.text) for it in image_folder(images, True)
+    ]
     second = export_features(relabelled, config(tiny_repo, cache, run_name="pets"))
     assert second.from_cache == 12 and second.embedded == 0
     assert set(load_features(first.run_file).y) == {"cats", "dogs"}

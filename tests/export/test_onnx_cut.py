@@ -59,3 +59,21 @@ def test_layers_listed_and_unknown_tensor_refused(vit_onnx, tmp_path):
     assert not (tmp_path / "vit").exists()
     with pytest.raises(UnknownLayerError, match="no cut layer given"):
         export_backbone(ExportConfig("vit", repo=tmp_path), backbone, cfg)
+
+
+def test_cut_at_an_already_pooled_tensor(vit_onnx, tmp_path):
+    """Cutting a classifier's head off at its (N, C) penultimate output needs no pooling."""
+    graph = onnx.load(str(vit_onnx)).graph
+    gather = [n.output[0] for n in graph.node if n.op_type == "Gather"][-1]  # normed CLS, (N, C)
+    backbone, cfg = onnx_file_cfg(vit_onnx, "vit", "image", gather, SMALL)
+    m = export_backbone(ExportConfig("vit", repo=tmp_path), backbone, cfg).manifest
+    assert (m.pooling, m.dim) == ("none", 16) and m.parity_max_abs_diff <= 1e-5
+
+
+def test_bad_onnx_file_or_input_name(vit_onnx, tmp_path):
+    from export.errors import ExportError
+
+    with pytest.raises(ExportError, match="not a file"):
+        onnx_file_cfg(tmp_path / "missing.onnx", "vit", "image")
+    with pytest.raises(ExportError, match=r"no input 'pixels'; its inputs: \['image'\]"):
+        onnx_file_cfg(vit_onnx, "vit", "pixels")

@@ -87,3 +87,61 @@ def test_errors_are_reported(tmp_path, capsys):
     assert "no labels" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train"])
+
+
+def test_curve_with_tfidf_baseline(tmp_path, capsys):
+    from embedder.cache import content_key
+
+    rng = np.random.default_rng(0)
+    words = {"sport": "goal match team score", "money": "bank market shares rates"}
+    texts, labels = [], []
+    for label, vocab in words.items():
+        for i in range(12):
+            texts.append(" ".join(rng.choice(vocab.split(), 5)) + f" item{i}{label}")
+            labels.append(label)
+    X = np.array([[1.0, 0.0] if y == "sport" else [0.0, 1.0] for y in labels], np.float32)
+    X += rng.standard_normal(X.shape).astype(np.float32) * 0.1
+    cache = EmbeddingCache(tmp_path, CacheIdentity("enc", "1", 2, "e" * 64, "p" * 64))
+    cache.append([content_key(t) for t in texts], X, labels, [f"t.csv:{i}" for i in range(24)])
+    table = tmp_path / "t.csv"
+    table.write_text("text\n" + "\n".join(texts) + "\n")
+    out = tmp_path / "curve"
+    argv = [
+        "curve",
+        "--features",
+        str(cache.folder),
+        "--texts",
+        str(table),
+        "--draws",
+        "2",
+        "--folds",
+        "2",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    assert "TF-IDF" in capsys.readouterr().out
+
+
+def test_bad_names_and_folds_refused(tmp_path, capsys):
+    data = _dataset(tmp_path / "a")
+    assert (
+        main(["train", "--features", str(data), "--out", str(tmp_path / "h"), "--folds", "3"]) == 0
+    )
+    capsys.readouterr()
+    argv = [
+        "publish",
+        "--backbone",
+        str(tmp_path),
+        "--head",
+        f"x={tmp_path / 'h'}",
+        "--repo",
+        str(tmp_path),
+        "--name",
+        "..",
+        "--overwrite",
+    ]
+    assert main(argv) == 2
+    assert "name '..'" in capsys.readouterr().err and (tmp_path / "h").exists()
+    with pytest.raises(SystemExit):
+        main(["train", "--features", str(data), "--out", str(tmp_path / "h2"), "--folds", "1"])
