@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import BatchingConfig
-from .errors import DeadlineExceededError, QueueFullError
+from .errors import DeadlineExceededError, InputError, QueueFullError
 
 
 @dataclass
@@ -71,6 +71,11 @@ class DynamicBatcher:
     ) -> tuple[np.ndarray, BatchStats]:
         """Embed `arrays` (one per item); split into chunks of at most max_batch_size."""
         size = self.config.max_batch_size
+        if len(arrays) > self.config.max_queue_size:
+            raise InputError(
+                f"{len(arrays)} items can never fit model {self.name!r}'s queue of "
+                f"{self.config.max_queue_size}; split the request"
+            )
         if self._queued_items + len(arrays) > self.config.max_queue_size:
             raise QueueFullError(
                 f"model {self.name!r} has {self._queued_items} items queued (limit "

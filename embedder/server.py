@@ -71,10 +71,22 @@ class EmbedderServer:
         else:
             self.port = self.server.add_insecure_port(c.address)
         await self.server.start()  # health answers NOT_SERVING while models load and warm up
+        try:
+            await self._load_and_warm()
+        except BaseException:
+            await self.server.stop(None)  # a half-started server must not keep the port
+            await self.service.close()
+            raise
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, SERVING)
+        log.info("serving %d model(s) on port %d", len(self.service.models), self.port)
+        return self.port
+
+    async def _load_and_warm(self) -> None:
+        c = self.config
         loop = asyncio.get_running_loop()
         self.repository = await loop.run_in_executor(None, ModelRepository.load, c)
         if not self.repository.models:
-            await self.server.stop(None)
             raise EmbedderError(
                 f"no servable model in {c.repository} (refused: {self.repository.refused}); "
                 "export one with embedder-export"
@@ -85,10 +97,6 @@ class EmbedderServer:
         self.service.start()
         if c.metrics_port is not None:
             self.metrics.serve(c.metrics_port, c.address.rsplit(":", 1)[0].strip("[]"))
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, SERVING)
-        log.info("serving %d model(s) on port %d", len(self.service.models), self.port)
-        return self.port
 
     async def stop(self, grace: float | None = None) -> None:
         """Health goes NOT_SERVING, in-flight RPCs get `grace` seconds to finish, then exit."""

@@ -4,6 +4,7 @@ import io
 import json
 import shutil
 import threading
+import time
 import urllib.request
 
 import grpc
@@ -249,15 +250,21 @@ def test_message_over_the_limit(tiny_repo):
 def test_queue_full_is_refused_at_once(tiny_repo):
     from embedder.config import BatchingConfig
 
-    batching = BatchingConfig(max_batch_size=4, max_queue_delay_ms=1, max_queue_size=4)
+    batching = BatchingConfig(max_batch_size=4, max_queue_delay_ms=1000, max_queue_size=4)
     with running_server(tiny_repo, batching=batching) as server, EmbedderClient(server.target) as c:
+        waiting = threading.Thread(target=c.embed_images, args=("tiny_image", [png()] * 3))
+        waiting.start()  # three items sit in the queue for up to a second, waiting for company
+        time.sleep(0.3)
+        started = time.monotonic()
         expect_status(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             c.embed_images,
             "tiny_image",
-            [png()] * 5,
+            [png()] * 2,
             match="retry with backoff",
         )
+        assert time.monotonic() - started < 0.5  # refused at once, not after the queue drained
+        waiting.join(10)
         assert c.embed_images("tiny_image", [png()] * 4).shape == (4, 24)
 
 
@@ -361,3 +368,37 @@ def test_empty_repository_is_an_error(tmp_path):
     with pytest.raises(EmbedderError, match="no servable model"):
         with running_server(tmp_path):
             pass
+
+
+def test_request_larger_than_the_queue_is_told_to_split(tiny_repo):
+    from embedder.config import BatchingConfig
+
+    batching = BatchingConfig(max_batch_size=4, max_queue_size=4)
+    with running_server(tiny_repo, batching=batching) as server, EmbedderClient(server.target) as c:
+        expect_status(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            c.embed_images,
+            "tiny_image",
+            [png()] * 6,
+            match="split the request",
+        )
+
+
+def test_failed_start_releases_the_port(tiny_repo):
+    import socket
+
+    port = free_port()
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    taken = blocker.getsockname()[1]
+    try:
+        with (
+            pytest.raises(OSError),
+            running_server(tiny_repo, address=f"127.0.0.1:{port}", metrics_port=taken),
+        ):
+            pass
+    finally:
+        blocker.close()
+    with running_server(tiny_repo, address=f"127.0.0.1:{port}") as server:  # the port is free again
+        assert server.server.port == port
