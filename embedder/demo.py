@@ -23,17 +23,12 @@ import numpy as np
 
 def export_defaults(repo: Path) -> None:
     # export/ is the only package that imports torch; the demo orchestrates, it does not serve.
-    from export.cli import format_table, result_row
-    from export.pipeline import ExportConfig, export_backbone
-    from export.registry import list_backbones
+    from export.cli import export_defaults as export_all
+    from export.pipeline import ExportConfig
 
-    rows = []
-    for name in list_backbones(defaults_only=True):
-        print(f"exporting {name} ...", file=sys.stderr, flush=True)
-        config = ExportConfig(name, repo=repo, variants=("fp16", "int8"), overwrite=True)
-        rows.append(result_row(export_backbone(config)))
+    table = export_all(ExportConfig("", repo=repo, variants=("fp16", "int8"), overwrite=True))
     print(f"\nModel repository: {repo.resolve()}\n")
-    print(format_table(rows))
+    print(table)
 
 
 def similarity_table(names: list[str], vectors: np.ndarray) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from embedder.manifest import ImagePreprocess
@@ -81,12 +82,17 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(format_table([result_row(export_backbone(_config(args, args.backbone)))]))
 
 
-def cmd_defaults(args: argparse.Namespace) -> None:
+def export_defaults(config: ExportConfig) -> str:
+    """Export every default backbone with `config`'s settings; the table of them."""
     rows = []
     for name in list_backbones(defaults_only=True):
         print(f"exporting {name} ...", file=sys.stderr, flush=True)
-        rows.append(result_row(export_backbone(_config(args, name))))
-    print(format_table(rows))
+        rows.append(result_row(export_backbone(replace(config, name=name))))
+    return format_table(rows)
+
+
+def cmd_defaults(args: argparse.Namespace) -> None:
+    print(export_defaults(_config(args, "")))
 
 
 def cmd_hf(args: argparse.Namespace) -> None:

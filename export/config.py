@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -41,7 +40,7 @@ class PretrainedCfg:
     tags: tuple[str, ...] = field(default_factory=tuple)
 
 
-BackboneFactory = Callable[..., object]
+IMAGENET = ImagePreprocess(size=(224, 224), resize_shorter=256, interpolation="bilinear")
 
 # ImageNet classes the sanity check accepts for the bundled photos.
 IMAGENET_SANITY = SanityCheck(

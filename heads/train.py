@@ -9,7 +9,7 @@ one per fit (threadpoolctl): on a small machine two OpenBLAS pools fighting each
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -52,7 +52,6 @@ class TrainedHead:
     config: HeadConfig
     fit_seconds: float
     fits: int
-    metadata: dict = field(default_factory=dict)  # backbone digest etc., set by the caller
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.pipeline.predict(check_features(X))
