@@ -6,17 +6,19 @@
 In-process: the model's session on ready inputs (uint8 pixels; for text, tokenisation included).
 Service: `embedder-serve` in its own process; images sent as raw uint8 tensors, texts as text,
 so both sides do the same work. Concurrent clients are asyncio callers in one client process.
-Prints a table: items/s, p50 / p99 latency per call, and the
-ratio to in-process batch-32 throughput (the saturation ceiling).
+Prints a table: items/s, p50 / p99 latency per call, and the ratio to the best in-process
+batch-32 throughput (one run with all cores, or two side by side: the ceiling).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from embedder.client import AsyncEmbedderClient, embed_request, image_item  # noqa: E402
-from embedder.config import ServerConfig  # noqa: E402
+from embedder.config import BatchingConfig, ServerConfig  # noqa: E402
 from embedder.manifest import Manifest  # noqa: E402
 from embedder.preprocess import TextTokenizer  # noqa: E402
 from embedder.runtime import open_session  # noqa: E402
@@ -65,6 +67,8 @@ def in_process_call(session, manifest: Manifest, folder: Path, batch: int):
 
 
 def in_process(repo: Path, name: str, provider: str, seconds: float) -> list[dict]:
+    """One caller with all the cores at batch 1, 8, 32; then two callers side by side at batch
+    32 with half the cores each. The better batch-32 figure is the ceiling for the service."""
     folder = repo / name / "1"
     manifest = Manifest.read(folder)
     session = open_session(folder, manifest, ServerConfig(provider=provider))
@@ -73,6 +77,16 @@ def in_process(repo: Path, name: str, provider: str, seconds: float) -> list[dic
         t0 = time.perf_counter()
         lat = timed_loop(in_process_call(session, manifest, folder, batch), seconds)
         rows.append(row("in-process", batch, 1, batch * len(lat), time.perf_counter() - t0, lat))
+    del session
+    half = max(1, (os.cpu_count() or 2) // 2)
+    session = open_session(folder, manifest, ServerConfig(provider=provider, intra_op_threads=half))
+    call = in_process_call(session, manifest, folder, 32)
+    with ThreadPoolExecutor(2) as pool:
+        t0 = time.perf_counter()
+        per = list(pool.map(lambda _: timed_loop(call, seconds), range(2)))
+        wall = time.perf_counter() - t0
+    lat = [x for p in per for x in p]
+    rows.append(row("in-process, 2 streams", 32, 2, 32 * len(lat), wall, lat))
     return rows
 
 
@@ -106,7 +120,7 @@ async def _clients(target: str, request, clients: int, seconds: float) -> tuple[
 def service(target: str, repo: Path, name: str, seconds: float) -> list[dict]:
     manifest = Manifest.read(repo / name / "1")
     rows = []
-    for batch, clients in ((1, 1), (8, 1), (32, 1), (1, 8), (1, 32)):
+    for batch, clients in ((1, 1), (8, 1), (32, 1), (32, 4), (1, 8), (1, 32)):
         request = embed_request(name, items_for(manifest, batch))
         wall, lat = asyncio.run(_clients(target, request, clients, seconds))
         rows.append(row("service", batch, clients, batch * len(lat), wall, lat))
@@ -131,6 +145,10 @@ def start_server(args: argparse.Namespace) -> subprocess.Popen:
         str(args.max_batch_size),
         "--max-queue-delay-ms",
         str(args.max_queue_delay_ms),
+        "--inference-streams",
+        str(args.inference_streams),
+        "--intra-op-threads",
+        str(args.intra_op_threads),
         "--log-level",
         "WARNING",
     ]
@@ -141,7 +159,7 @@ def start_server(args: argparse.Namespace) -> subprocess.Popen:
     return proc
 
 
-HEADER = """| model | mode | batch | clients | items/s | p50 ms | p99 ms | vs in-process batch 32 |
+HEADER = """| model | mode | batch | clients | items/s | p50 ms | p99 ms | vs best in-process batch 32 |
 |---|---|---|---|---|---|---|---|"""
 
 
@@ -156,6 +174,8 @@ def main() -> None:
     p.add_argument("--port", type=int, default=50917)
     p.add_argument("--max-batch-size", type=int, default=32, help="server batching limit")
     p.add_argument("--max-queue-delay-ms", type=float, default=0.0, help="server batching delay")
+    p.add_argument("--inference-streams", type=int, default=BatchingConfig.inference_streams)
+    p.add_argument("--intra-op-threads", type=int, default=0, help="server threads per stream")
     args = p.parse_args()
     print(HEADER)
     for name in args.models:
@@ -166,7 +186,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(30)
-        ceiling = rows[2]["items/s"]
+        ceiling = max(r["items/s"] for r in rows if r["mode"] != "service" and r["batch"] == 32)
         for r in rows:
             print(
                 f"| {name} | {r['mode']} | {r['batch']} | {r['clients']} | {r['items/s']:.1f} | "

@@ -43,15 +43,15 @@ class BatchExportConfig:
     server: str | None = None  # host:port for engine="server"
     batch_size: int = 32
     decode_workers: int = 2
-    # Batches run side by side, one onnxruntime thread each: on a small machine that keeps
+    # Batches run side by side, each on its share of the cores: on a small machine that keeps
     # inference going while decode threads take a core, where one 2-thread run would stall.
-    inference_streams: int = min(2, os.cpu_count() or 1)
-    intra_op_threads: int = 1
+    inference_streams: int = 2
+    intra_op_threads: int = 0  # 0: the cores divided among the streams
     shard_rows: int = 2048  # rows per Parquet shard: the most a kill can cost
     provider: Provider = "auto"
     max_image_pixels: int = 40_000_000
     ray_address: str | None = None  # None: a local Ray; "auto" or ray://host:port: a cluster
-    ray_actors: int = 2  # one onnxruntime thread each (intra_op_threads)
+    ray_actors: int = 2  # one CPU and one onnxruntime thread each
     progress: bool = True
     run_name: str = "run"  # the dataset's name in the cache's runs/ folder
 
@@ -87,8 +87,10 @@ class Prepared:
 
 
 def open_model(config: BatchExportConfig) -> ModelSession:
+    streams = config.inference_streams
+    threads = config.intra_op_threads or max(1, (os.cpu_count() or 1) // streams)
     server_config = ServerConfig(
-        repository=config.repo, provider=config.provider, intra_op_threads=config.intra_op_threads
+        repository=config.repo, provider=config.provider, intra_op_threads=threads
     )
     folder = _model_folder(config)
     manifest = Manifest.read(folder)

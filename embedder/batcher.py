@@ -1,9 +1,9 @@
 """Dynamic batching per model: items from concurrent requests ride together in one run.
 
-A batch goes as soon as it is full or its oldest item has waited `max_queue_delay_ms`. One
-batch runs at a time per model, so while it runs the next one fills. A full queue refuses at
-once (RESOURCE_EXHAUSTED) instead of letting latency grow without bound; a request whose
-deadline has passed is dropped before compute.
+A batch goes as soon as it is full or its oldest item has waited `max_queue_delay_ms`, on the
+first of `inference_streams` workers that is free; while batches run, the next ones fill. A
+full queue refuses at once (RESOURCE_EXHAUSTED) instead of letting latency grow without bound;
+a request whose deadline has passed is dropped before compute.
 """
 
 from __future__ import annotations
@@ -50,20 +50,24 @@ class DynamicBatcher:
         self._jobs: deque[_Job] = deque()
         self._queued_items = 0
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"infer-{name}")
-        self._task: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(
+            config.inference_streams, thread_name_prefix=f"infer-{name}"
+        )
+        self._workers: list[asyncio.Task] = []
         # Recent batch size (a slowly decaying maximum) and when the last batch ended.
         self._expected, self._last_done = 0.0, 0.0
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(
-            self._loop(), name=f"batcher-{self.name}"
-        )
+        loop = asyncio.get_running_loop()
+        self._workers = [
+            loop.create_task(self._work(), name=f"batcher-{self.name}-{i}")
+            for i in range(self.config.inference_streams)
+        ]
 
     async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
     async def submit(
@@ -90,6 +94,8 @@ class DynamicBatcher:
             self._jobs.append(job)
             self._queued_items += len(job.arrays)
         self._wakeup.set()
+        if len(jobs) == 1:  # the common case, without gather's bookkeeping
+            return await jobs[0].future
         try:
             results = await asyncio.gather(*(job.future for job in jobs))
         except BaseException:
@@ -105,16 +111,17 @@ class DynamicBatcher:
         return np.concatenate([r for r, _ in results]), merged
 
     async def _next_batch(self) -> list[_Job]:
-        while not self._jobs:
-            self._wakeup.clear()
-            await self._wakeup.wait()
         limit, delay = self.config.max_batch_size, self.config.max_queue_delay_ms / 1000
-        # The callers of the batch that just finished are about to send their next requests:
-        # wait a little for them rather than run a half batch now and a half batch next.
-        expected = min(limit, int(self._expected))
-        while (queued := sum(len(j.arrays) for j in self._jobs)) < limit:
+        while True:  # several workers take from one queue: re-check after every wait
+            while not self._jobs:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if self._queued_items >= limit:
+                break
             until = self._jobs[0].enqueued + delay
-            if queued < expected:
+            # The callers of a batch that just finished are about to send their next requests:
+            # wait a little for them rather than run a part now and the rest right after.
+            if self._queued_items < min(limit, int(self._expected)):
                 until = max(until, self._last_done + self.config.returning_wait_ms / 1000)
             remaining = until - time.monotonic()
             if remaining <= 0:
@@ -123,7 +130,7 @@ class DynamicBatcher:
             try:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             except TimeoutError:
-                break
+                pass
         batch, items = [], 0
         while self._jobs and items + len(self._jobs[0].arrays) <= limit:
             job = self._jobs.popleft()
@@ -148,7 +155,7 @@ class DynamicBatcher:
     def _collate_and_run(self, arrays: list[np.ndarray]) -> np.ndarray:
         return self._run(self._collate(arrays))
 
-    async def _loop(self) -> None:
+    async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = self._live(await self._next_batch())

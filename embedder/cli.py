@@ -23,12 +23,23 @@ def serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=d.address, help="host:port (default: loopback only)")
     p.add_argument("--provider", default=d.provider, choices=("auto", "cpu", "cuda", "tensorrt"))
     p.add_argument("--cpu-precision", default=d.cpu_precision, choices=("fp32", "int8"))
-    p.add_argument("--intra-op-threads", type=int, default=d.intra_op_threads)
+    p.add_argument(
+        "--intra-op-threads",
+        type=int,
+        default=d.intra_op_threads,
+        help="onnxruntime threads, shared by the streams (0: one per core)",
+    )
     p.add_argument("--preprocess-threads", type=int, default=d.preprocess_threads)
     p.add_argument("--max-batch-size", type=int, default=b.max_batch_size)
     p.add_argument("--max-queue-delay-ms", type=float, default=b.max_queue_delay_ms)
     p.add_argument("--max-queue-size", type=int, default=b.max_queue_size, help="items per model")
     p.add_argument("--returning-wait-ms", type=float, default=b.returning_wait_ms)
+    p.add_argument(
+        "--inference-streams",
+        type=int,
+        default=b.inference_streams,
+        help="batches run side by side per model, each on its share of the cores",
+    )
     p.add_argument("--max-items-per-request", type=int, default=d.max_items_per_request)
     p.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
     p.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels)
@@ -49,7 +60,8 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         preprocess_threads=args.preprocess_threads,
         batching=BatchingConfig(args.max_batch_size, args.max_queue_delay_ms,
                                 returning_wait_ms=args.returning_wait_ms,
-                                max_queue_size=args.max_queue_size),
+                                max_queue_size=args.max_queue_size,
+                                inference_streams=args.inference_streams),
         max_items_per_request=args.max_items_per_request, max_message_bytes=args.max_message_bytes,
         max_image_pixels=args.max_image_pixels, metrics_port=args.metrics_port,
         auth_token=args.auth_token, tls_cert=args.tls_cert, tls_key=args.tls_key,

@@ -5,6 +5,10 @@ class EmbedderError(Exception):
     """Base class for every error this package raises on purpose."""
 
 
+class ConfigError(EmbedderError, ValueError):
+    """A setting is out of its valid range."""
+
+
 class ManifestError(EmbedderError):
     """A manifest.json is missing, malformed, or does not match its model file."""
 

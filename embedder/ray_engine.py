@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ class RayEmbedder:
     """Ray Data callable class: a session per actor, one Arrow table in, one out."""
 
     def __init__(self, config: BatchExportConfig, known: set[str], identity: CacheIdentity):
-        self.session = open_model(config)
+        self.session = open_model(replace(config, inference_streams=1, intra_op_threads=1))
         if identity_for(self.session) != identity:  # e.g. a GPU node would write fp16 rows
             raise EmbedderError(
                 f"actor session runs {self.session.precision} on {self.session.providers}, "

@@ -15,7 +15,7 @@ from protos.embedder.v1 import embedder_pb2_grpc as pb_grpc
 
 from .config import ServerConfig
 from .errors import EmbedderError
-from .interceptors import BearerTokenInterceptor, ErrorMappingInterceptor
+from .interceptors import BearerTokenInterceptor
 from .metrics import Metrics
 from .repository import ModelRepository
 from .service import EmbedderService
@@ -50,9 +50,7 @@ class EmbedderServer:
 
     async def start(self) -> int:
         c = self.config
-        interceptors = [ErrorMappingInterceptor(self.metrics)]
-        if c.auth_token:
-            interceptors.insert(0, BearerTokenInterceptor(c.auth_token))
+        interceptors = [BearerTokenInterceptor(c.auth_token)] if c.auth_token else []
         options = [
             ("grpc.max_receive_message_length", c.max_message_bytes),
             ("grpc.max_send_message_length", c.max_message_bytes),

@@ -23,6 +23,7 @@ from .metrics import Metrics
 from .repository import ModelRepository
 from .runtime import ModelSession
 from .serving_cache import ServingCache
+from .status import status_for, stream_rpc, unary_rpc
 
 _ITEM_NUMBER = re.compile(r"^item (\d+):")
 INLINE_TEXT_CHARS = 2048  # tokenising this much takes ~0.1 ms: cheaper than a thread hop
@@ -36,9 +37,18 @@ class LoadedModel:
         self.session, self.key = session, f"{m.name}/{m.version}"
         self.preprocessor = Preprocessor(m, session.folder, config.max_image_pixels)
 
+        # Each model's metric series, looked up once instead of on every request.
+        self.items_total = metrics.items.labels(self.key)
+        self.preprocess_ms = metrics.stage_ms.labels(self.key, "preprocess")
+        self.queue_ms = metrics.stage_ms.labels(self.key, "queue")
+        batch_size, inference = (
+            metrics.batch_size.labels(self.key),
+            metrics.stage_ms.labels(self.key, "inference"),
+        )
+
         def on_batch(items: int, inference_ms: float) -> None:
-            metrics.batch_size.labels(self.key).observe(items)
-            metrics.stage_ms.labels(self.key, "inference").observe(inference_ms)
+            batch_size.observe(items)
+            inference.observe(inference_ms)
 
         self.batcher = DynamicBatcher(
             self.key, session.run, self.preprocessor.collate, config.batching, on_batch
@@ -155,19 +165,23 @@ class EmbedderService(pb_grpc.EmbedderServicer):
             raise NotReadyError("the server is still loading its models; retry shortly")
         return self.models[self.repository.get(name, version)]
 
+    @unary_rpc
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(
             models=[model_info(m, self.config) for m in self.models.values()]
         )
 
+    @unary_rpc
     async def GetModel(self, request: pb.GetModelRequest, context) -> pb.ModelInfo:
         return model_info(self._model(request.model, request.version), self.config)
 
+    @unary_rpc
     async def Embed(self, request: pb.EmbedRequest, context) -> pb.EmbedResponse:
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         return await self.embed(request, deadline)
 
+    @stream_rpc
     async def EmbedStream(self, requests, context):
         """Requests are processed concurrently, answered in order; errors go in the response."""
         pending: asyncio.Queue[asyncio.Task | None] = asyncio.Queue(maxsize=64)
@@ -192,8 +206,6 @@ class EmbedderService(pb_grpc.EmbedderServicer):
                     task.cancel()
 
     async def _stream_answer(self, task: asyncio.Task) -> pb.EmbedResponse:
-        from .interceptors import status_for
-
         try:
             return await task
         except Exception as exc:
@@ -215,20 +227,22 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         arrays = await self._preprocess(model, [items[i] for i in rows], rows)
         preprocess_ms = (time.monotonic() - started) * 1000
         stats = BatchStats(0.0, 0.0, 0)
-        out: np.ndarray | None = None
+        # With cache hits, computed rows go in between them (the cache serves head-less models,
+        # so a row is the features alone); without, the batch output is the answer as it is.
+        out = np.zeros((n, model.session.manifest.dim), np.float32) if hits else None
         if arrays:
             computed, stats = await model.batcher.submit(arrays, deadline)
-            out = np.zeros((n, computed.shape[1]), np.float32)
-            out[rows] = computed
             if model.cache:
                 await model.cache.store([keys[i] for i in rows], computed)
-        if out is None:
-            out = np.zeros((n, model.session.manifest.dim), np.float32)
+            if out is None:
+                out = computed
+            else:
+                out[rows] = computed
         for i, vector in hits.items():
             out[i] = vector
-        self.metrics.items.labels(model.key).inc(n)
-        self.metrics.stage_ms.labels(model.key, "preprocess").observe(preprocess_ms)
-        self.metrics.stage_ms.labels(model.key, "queue").observe(stats.queue_ms)
+        model.items_total.inc(n)
+        model.preprocess_ms.observe(preprocess_ms)
+        model.queue_ms.observe(stats.queue_ms)
         timing = pb.Timing(
             queue_ms=stats.queue_ms, preprocess_ms=preprocess_ms,
             inference_ms=stats.inference_ms, batch_items=stats.batch_items,
@@ -247,6 +261,7 @@ class EmbedderService(pb_grpc.EmbedderServicer):
             cache_hits=result.cache_hits, request_id=request.request_id, timing=result.timing,
         )  # fmt: skip
 
+    @unary_rpc
     async def Classify(self, request: pb.ClassifyRequest, context) -> pb.ClassifyResponse:
         model = self._model(request.model, request.version)
         m = model.session.manifest

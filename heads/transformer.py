@@ -77,8 +77,10 @@ class Embeddings(TransformerMixin, BaseEstimator):
         from embedder.batch_export import BatchExportConfig, open_model
 
         if getattr(self, "_session", None) is None:
-            config = BatchExportConfig(repo=Path(self.repo), model=self.model, version=self.version,
-                                       intra_op_threads=0)  # fmt: skip
+            # One caller: its runs get all the cores.
+            config = BatchExportConfig(
+                repo=Path(self.repo), model=self.model, version=self.version, inference_streams=1
+            )
             self._session = open_model(config)
         return self._session
 

@@ -1,6 +1,7 @@
 """The dynamic batcher with a real onnxruntime session underneath."""
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from embedder.batcher import DynamicBatcher
 from embedder.config import BatchingConfig
-from embedder.errors import DeadlineExceededError, QueueFullError
+from embedder.errors import ConfigError, DeadlineExceededError, QueueFullError
 
 
 @pytest.fixture
@@ -115,7 +116,8 @@ def test_a_failing_run_fails_its_batch_not_the_loop(session):
 def test_waits_for_the_callers_of_the_last_batch(session, returning_wait_ms, expected_calls):
     async def main():
         calls = []
-        b = make(session, calls, max_batch_size=8, returning_wait_ms=returning_wait_ms)
+        b = make(session, calls, max_batch_size=8, returning_wait_ms=returning_wait_ms,
+                 inference_streams=1)  # fmt: skip
         b.start()
         await asyncio.gather(*(b.submit(items(1, seed=i)) for i in range(4)))  # a batch of 4
         first = asyncio.ensure_future(b.submit(items(1)))  # its callers come back one by one
@@ -126,3 +128,45 @@ def test_waits_for_the_callers_of_the_last_batch(session, returning_wait_ms, exp
         return calls
 
     assert asyncio.run(main()) == expected_calls
+
+
+def test_two_streams_run_batches_side_by_side(session):
+    """Each run waits for another run to be in progress: serial runs would break the barrier."""
+    both_running = threading.Barrier(2, timeout=10)
+
+    def run(feeds):
+        both_running.wait()
+        return session.run(["features"], feeds)[0]
+
+    async def main():
+        config = BatchingConfig(max_batch_size=4, max_queue_delay_ms=5, inference_streams=2)
+        b = DynamicBatcher("tiny", run, lambda a: {"pixels": np.stack(a)}, config)
+        b.start()
+        # A lone item first: both workers wait for company, one takes it, the other must carry
+        # on with an empty queue (it used to crash here and leave one stream).
+        lone = asyncio.ensure_future(b.submit(items(1)))
+        await asyncio.sleep(0.05)
+        assert not lone.done()  # held at the barrier: nobody else is running
+        second = asyncio.ensure_future(b.submit(items(1, seed=1)))
+        (first_out, _), (second_out, _) = await asyncio.wait_for(asyncio.gather(lone, second), 10)
+        requests = [items(4, seed=s) for s in (2, 3)]  # two full batches, one per stream
+        results = await asyncio.wait_for(asyncio.gather(*(b.submit(r) for r in requests)), 10)
+        await b.close()
+        return first_out, second_out, requests, results
+
+    first_out, second_out, requests, results = asyncio.run(main())
+    expected = session.run(["features"], {"pixels": np.stack(items(1) + items(1, seed=1))})[0]
+    np.testing.assert_allclose(np.vstack([first_out, second_out]), expected, atol=1e-5)
+    for req, (out, _) in zip(requests, results, strict=True):
+        np.testing.assert_allclose(
+            out, session.run(["features"], {"pixels": np.stack(req)})[0], atol=1e-5
+        )
+
+
+@pytest.mark.parametrize(
+    "setting", [{"max_batch_size": 0}, {"inference_streams": 0}, {"max_queue_delay_ms": -1}]
+)
+def test_out_of_range_batching_settings_are_refused(setting):
+    name = next(iter(setting))
+    with pytest.raises(ConfigError, match=name):
+        BatchingConfig(**setting)

@@ -16,6 +16,7 @@ from PIL import Image
 from server_helpers import free_port, running_server
 
 from embedder.client import EmbedderClient, StreamItemError, decode, embed_request, image_item
+from embedder.config import BatchingConfig
 from embedder.manifest import Manifest
 from embedder.preprocess import TextTokenizer, preprocess_image_bytes
 from protos.embedder.v1 import embedder_pb2 as pb
@@ -181,6 +182,16 @@ def test_one_bad_request_does_not_disturb_concurrent_good_ones(client, tiny_repo
 
 
 def test_concurrent_clients_get_their_own_answers(tiny_server, tiny_repo):
+    check_concurrent_clients(tiny_server.target, tiny_repo)
+
+
+def test_two_inference_streams_give_every_client_its_own_answer(tiny_repo):
+    batching = BatchingConfig(max_batch_size=4, inference_streams=2)
+    with running_server(tiny_repo, batching=batching, intra_op_threads=1) as server:
+        check_concurrent_clients(server.target, tiny_repo)
+
+
+def check_concurrent_clients(target, tiny_repo):
     images = [png((i * 7 % 256, i * 13 % 256, i * 29 % 256)) for i in range(32)]
     cfg = Manifest.read(tiny_repo / "tiny_image" / "1").preprocess
     expected = in_process(
@@ -191,7 +202,7 @@ def test_concurrent_clients_get_their_own_answers(tiny_server, tiny_repo):
     got = [None] * 32
 
     def worker(i):
-        with EmbedderClient(tiny_server.target) as c:
+        with EmbedderClient(target) as c:
             got[i] = c.embed_images("tiny_image", [images[i]])
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(32)]
@@ -248,7 +259,6 @@ def test_message_over_the_limit(tiny_repo):
 
 
 def test_queue_full_is_refused_at_once(tiny_repo):
-    from embedder.config import BatchingConfig
 
     batching = BatchingConfig(max_batch_size=4, max_queue_delay_ms=1000, max_queue_size=4)
     with running_server(tiny_repo, batching=batching) as server, EmbedderClient(server.target) as c:
@@ -371,7 +381,6 @@ def test_empty_repository_is_an_error(tmp_path):
 
 
 def test_request_larger_than_the_queue_is_told_to_split(tiny_repo):
-    from embedder.config import BatchingConfig
 
     batching = BatchingConfig(max_batch_size=4, max_queue_size=4)
     with running_server(tiny_repo, batching=batching) as server, EmbedderClient(server.target) as c:
