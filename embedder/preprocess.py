@@ -45,8 +45,8 @@ def decode_image(
             scale = shorter_side / min(width, height)
             if scale < 1:
                 img.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
-        img = ImageOps.exif_transpose(img)
-        return img.convert("RGB")
+        ImageOps.exif_transpose(img, in_place=True)  # in place: no copy when upright
+        return img if img.mode == "RGB" else img.convert("RGB")
     except InputError:
         raise
     except UnidentifiedImageError as exc:
@@ -77,7 +77,7 @@ def resize_and_crop(img: Image.Image, cfg: ImagePreprocess) -> np.ndarray:
 def image_to_pixels(img: Image.Image | np.ndarray, cfg: ImagePreprocess) -> np.ndarray:
     if isinstance(img, np.ndarray):
         img = Image.fromarray(img)
-    return resize_and_crop(img.convert("RGB"), cfg)
+    return resize_and_crop(img if img.mode == "RGB" else img.convert("RGB"), cfg)
 
 
 def preprocess_image_bytes(

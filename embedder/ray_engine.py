@@ -22,9 +22,9 @@ from .batch_export import (
     Prepared,
     Summary,
     _model_folder,
-    _preparer,
     _progress,
     identity_for,
+    make_preparer,
     open_model,
 )
 from .cache import CacheIdentity, EmbeddingCache
@@ -48,7 +48,7 @@ class RayEmbedder:
         self.known = known
         m, folder = self.session.manifest, self.session.folder
         self.pre = Preprocessor(m, folder, config.max_image_pixels)
-        self.prepare = _preparer(m, folder, known, config)
+        self.prepare = make_preparer(m, folder, known, config)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         items = [
