@@ -1,6 +1,6 @@
 """In-process onnxruntime vs the gRPC service over loopback: same model, same machine, one run.
 
-    python bench/serve_bench.py --repo models                   # CPU
+    python bench/serve_bench.py --repo models --rounds 3        # CPU, medians of 3 rounds
     python bench/serve_bench.py --repo models --provider cuda   # GPU: fp16 + IO binding
 
 In-process: the model's session on ready inputs (uint8 pixels; for text, tokenisation included).
@@ -171,6 +171,7 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["mobilenet_v2", "minilm_l6"])
     p.add_argument("--provider", default="cpu", choices=("cpu", "cuda", "tensorrt"))
     p.add_argument("--seconds", type=float, default=4.0, help="per cell")
+    p.add_argument("--rounds", type=int, default=1, help="repeat the table, print medians")
     p.add_argument("--port", type=int, default=50917)
     p.add_argument("--max-batch-size", type=int, default=32, help="server batching limit")
     p.add_argument("--max-queue-delay-ms", type=float, default=0.0, help="server batching delay")
@@ -179,19 +180,40 @@ def main() -> None:
     args = p.parse_args()
     print(HEADER)
     for name in args.models:
-        rows = in_process(args.repo, name, args.provider, args.seconds)
-        server = start_server(args)
-        try:
-            rows += service(f"127.0.0.1:{args.port}", args.repo, name, args.seconds)
-        finally:
-            server.terminate()
-            server.wait(30)
-        ceiling = max(r["items/s"] for r in rows if r["mode"] != "service" and r["batch"] == 32)
-        for r in rows:
+        rounds = []
+        for _ in range(args.rounds):  # in-process and service alternate: drift hits both
+            rows = in_process(args.repo, name, args.provider, args.seconds)
+            server = start_server(args)
+            try:
+                rows += service(f"127.0.0.1:{args.port}", args.repo, name, args.seconds)
+            finally:
+                server.terminate()
+                server.wait(30)
+            rounds.append(rows)
+        for r in median_rows(rounds):
             print(
                 f"| {name} | {r['mode']} | {r['batch']} | {r['clients']} | {r['items/s']:.1f} | "
-                f"{r['p50 ms']:.1f} | {r['p99 ms']:.1f} | {r['items/s'] / ceiling:.2f} |"
+                f"{r['p50 ms']:.1f} | {r['p99 ms']:.1f} | {r['vs']:.2f} |"
             )
+
+
+def median_rows(rounds: list[list[dict]]) -> list[dict]:
+    """Each cell's median over the rounds; its ratio is the median of the per-round ratios to
+    that round's ceiling (the best in-process batch-32 rate)."""
+    for rows in rounds:
+        ceiling = max(r["items/s"] for r in rows if r["mode"] != "service" and r["batch"] == 32)
+        for r in rows:
+            r["vs"] = r["items/s"] / ceiling
+    return [
+        {
+            **cells[0],
+            **{
+                k: float(np.median([c[k] for c in cells]))
+                for k in ("items/s", "p50 ms", "p99 ms", "vs")
+            },
+        }  # fmt: skip
+        for cells in zip(*rounds, strict=True)
+    ]
 
 
 if __name__ == "__main__":

@@ -80,9 +80,14 @@ def schema(dim: int, identity: CacheIdentity | None = None) -> pa.Schema:
 FAILURE_SCHEMA = pa.schema([("key", pa.string()), ("source", pa.string()), ("reason", pa.string())])
 
 
+def _private_name(stem: str) -> str:
+    """A name no other process or thread writing into the same folder will pick."""
+    return f"{stem}-{os.getpid()}-{threading.get_ident()}-{os.urandom(4).hex()}"
+
+
 def _write_atomically(table: pa.Table, folder: Path, prefix: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"{prefix}-{os.getpid()}-{threading.get_ident()}-{os.urandom(4).hex()}.parquet"
+    name = f"{_private_name(prefix)}.parquet"
     tmp, final = folder / f".{name}.tmp", folder / name
     # Dictionary-encoding and compressing float vectors costs 5x the write and saves nothing.
     pq.write_table(
@@ -126,7 +131,9 @@ class EmbeddingCache:
                 raise CacheError(f"{self.folder} belongs to {found}, not {asdict(self.identity)}")
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        # A temporary name of its own: two processes opening a new dataset at once each write a
+        # whole file, and the last rename wins (the contents are the same).
+        tmp = self.folder / f".{_private_name('dataset')}.tmp"
         tmp.write_text(json.dumps(asdict(self.identity), indent=2) + "\n")
         os.replace(tmp, path)
 
@@ -167,7 +174,7 @@ class EmbeddingCache:
         table = pa.table({"key": keys, "label": labels, "source": sources}, RUN_SCHEMA)
         folder = self.folder / RUNS
         folder.mkdir(parents=True, exist_ok=True)
-        tmp, final = folder / f".{name}.{os.getpid()}.tmp", folder / f"{name}.parquet"
+        tmp, final = folder / f".{_private_name(name)}.tmp", folder / f"{name}.parquet"
         pq.write_table(table, tmp)
         os.replace(tmp, final)
         return final

@@ -7,6 +7,7 @@ folder costs no memory up front.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +34,16 @@ def image_folder(root: str | Path, labels_from_folders: bool = False) -> Iterato
     root = Path(root)
     if not root.is_dir():
         raise SourceError(f"{root} is not a folder of images")
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-        parts = path.relative_to(root).parts
+    found = []  # (path parts below root, path): sorted like Paths, listed without Path objects
+    for folder, _, names in os.walk(root):
+        below = tuple(Path(folder).relative_to(root).parts)
+        for name in names:
+            if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
+                found.append(((*below, name), os.path.join(folder, name)))
+    for parts, path in sorted(found):
         if labels_from_folders and len(parts) < 2:
             raise SourceError(f"{path} is not inside a class sub-folder of {root}")
-        yield SourceItem(str(path), parts[0] if labels_from_folders else None, path=path)
+        yield SourceItem(path, parts[0] if labels_from_folders else None, path=Path(path))
 
 
 def path_list(list_file: str | Path) -> Iterator[SourceItem]:

@@ -1,5 +1,7 @@
 """The Parquet cache: round trip, plain-Parquet interop, identity checks, atomic shards."""
 
+import threading
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -76,3 +78,25 @@ def test_failures_table(tmp_path):
 def test_empty_cache_is_a_clear_error(tmp_path):
     with pytest.raises(CacheError, match="run the batch export first"):
         load_features(EmbeddingCache(tmp_path, IDENT).folder)
+
+
+def test_many_openers_of_a_new_dataset_at_once(tmp_path):
+    """Each opener writes dataset.json under a name of its own; a shared name made some fail."""
+    start = threading.Barrier(8)
+    errors = []
+
+    def open_cache():
+        start.wait()
+        try:
+            EmbeddingCache(tmp_path, IDENT)
+        except Exception as exc:  # collected: an exception in a thread would be lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_cache) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    folder = EmbeddingCache(tmp_path, IDENT).folder
+    assert sorted(p.name for p in folder.iterdir()) == ["dataset.json"]

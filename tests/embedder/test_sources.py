@@ -1,0 +1,31 @@
+"""Where batch inputs come from: folder listing order, labels, filters, errors."""
+
+import pytest
+
+from embedder.sources import SourceError, image_folder
+
+
+def test_image_folder_lists_images_sorted_with_folder_labels(tmp_path):
+    for name in ("dog/b.JPG", "dog/a.png", "cat/x.jpeg", "cat/deep/y.webp", "cat/notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    items = list(image_folder(tmp_path, labels_from_folders=True))
+    assert [i.path.relative_to(tmp_path).as_posix() for i in items] == [
+        "cat/deep/y.webp", "cat/x.jpeg", "dog/a.png", "dog/b.JPG",
+    ]  # fmt: skip
+    assert [i.label for i in items] == ["cat", "cat", "dog", "dog"]
+    assert all(i.source == str(i.path) for i in items)
+
+
+def test_image_at_the_top_cannot_take_a_folder_label(tmp_path):
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "loose.jpg").write_bytes(b"x")
+    assert [i.label for i in image_folder(tmp_path)] == [None, None]
+    with pytest.raises(SourceError, match="loose.jpg is not inside a class sub-folder"):
+        list(image_folder(tmp_path, labels_from_folders=True))
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(SourceError, match="is not a folder of images"):
+        list(image_folder(tmp_path / "nope"))
