@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 
 from .cache import CacheIdentity, EmbeddingCache, content_key
-from .config import Provider, ServerConfig
+from .config import Provider, ServerConfig, check_ranges
 from .errors import EmbedderError, InputError
 from .inputs import Preprocessor, RawItem
 from .manifest import Manifest
@@ -55,6 +55,11 @@ class BatchExportConfig:
     ray_actors: int = 2  # one CPU and one onnxruntime thread each
     progress: bool = True
     run_name: str = "run"  # the dataset's name in the cache's runs/ folder
+
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_one=("batch_size", "decode_workers", "inference_streams",
+                                         "shard_rows", "ray_actors", "max_image_pixels"),
+                     not_negative=("intra_op_threads",))  # fmt: skip
 
 
 @dataclass
@@ -88,15 +93,22 @@ class Prepared:
 
 
 def open_model(config: BatchExportConfig) -> ModelSession:
-    streams = config.inference_streams
-    threads = config.intra_op_threads or max(1, (os.cpu_count() or 1) // streams)
     server_config = ServerConfig(
-        repository=config.repo, provider=config.provider, intra_op_threads=threads
+        repository=config.repo, provider=config.provider, intra_op_threads=_threads(config)
     )
     folder = _model_folder(config)
     manifest = Manifest.read(folder)
     manifest.verify(folder)
     return open_session(folder, manifest, server_config)
+
+
+def _threads(config: BatchExportConfig) -> int:
+    """onnxruntime threads for the one session the streams share: each run has its caller's
+    thread plus the shared pool, so streams + pool = the cores this process may use."""
+    if config.intra_op_threads or config.inference_streams == 1:
+        return config.intra_op_threads  # 0: onnxruntime's own default
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) - config.inference_streams + 1)
 
 
 def planned_identity(manifest: Manifest, provider: Provider) -> CacheIdentity:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import BatchingConfig
-from .errors import DeadlineExceededError, InputError, QueueFullError
+from .errors import DeadlineExceededError, InputError, NotReadyError, QueueFullError
 
 
 @dataclass
@@ -54,6 +54,7 @@ class DynamicBatcher:
             config.inference_streams, thread_name_prefix=f"infer-{name}"
         )
         self._workers: list[asyncio.Task] = []
+        self._closing = False
         # Recent batch size (a slowly decaying maximum) and when the last batch ended.
         self._expected, self._last_done = 0.0, 0.0
 
@@ -65,9 +66,14 @@ class DynamicBatcher:
         ]
 
     async def close(self) -> None:
+        """Stop the workers; whoever still waits (queued or mid-run) gets NotReadyError."""
+        self._closing = True
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
+        _fail(self._jobs, NotReadyError(f"model {self.name!r} is shutting down; retry elsewhere"))
+        self._jobs.clear()
+        self._queued_items = 0
         self._executor.shutdown(wait=True)
 
     async def submit(
@@ -75,6 +81,8 @@ class DynamicBatcher:
     ) -> tuple[np.ndarray, BatchStats]:
         """Embed `arrays` (one per item); split into chunks of at most max_batch_size."""
         size = self.config.max_batch_size
+        if self._closing:
+            raise NotReadyError(f"model {self.name!r} is shutting down; retry elsewhere")
         if len(arrays) > self.config.max_queue_size:
             raise InputError(
                 f"{len(arrays)} items can never fit model {self.name!r}'s queue of "
@@ -127,8 +135,9 @@ class DynamicBatcher:
             if remaining <= 0:
                 break
             self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            try:  # (not wait_for: on 3.11 it can swallow a cancel that races a wakeup)
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
             except TimeoutError:
                 pass
         batch, items = [], 0
@@ -165,10 +174,11 @@ class DynamicBatcher:
             arrays = [a for job in batch for a in job.arrays]
             try:
                 out = await loop.run_in_executor(self._executor, self._collate_and_run, arrays)
+            except asyncio.CancelledError:  # closing: the callers must not wait forever
+                _fail(batch, NotReadyError(f"model {self.name!r} shut down mid-batch; retry"))
+                raise
             except Exception as exc:  # a failed run fails its batch, never the loop
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+                _fail(batch, exc)
                 continue
             self._expected = max(len(arrays), self._expected * 0.9)
             self._last_done = time.monotonic()
@@ -182,3 +192,9 @@ class DynamicBatcher:
                 if not job.future.done():
                     job.future.set_result((out[offset : offset + n], stats))
                 offset += n
+
+
+def _fail(jobs, exc: BaseException) -> None:
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(exc)

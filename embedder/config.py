@@ -12,6 +12,16 @@ from .errors import ConfigError
 Provider = Literal["auto", "cpu", "cuda", "tensorrt"]
 
 
+def check_ranges(config, at_least_one=(), not_negative=()) -> None:
+    """Refuse a setting out of range (NaN included) with its name, before anything starts."""
+    for name in at_least_one:
+        if not getattr(config, name) >= 1:
+            raise ConfigError(f"{name} must be at least 1, got {getattr(config, name)}")
+    for name in not_negative:
+        if not getattr(config, name) >= 0:
+            raise ConfigError(f"{name} must be 0 or more, got {getattr(config, name)}")
+
+
 @dataclass(frozen=True)
 class BatchingConfig:
     max_batch_size: int = 32
@@ -29,12 +39,8 @@ class BatchingConfig:
     inference_streams: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_queue_size", "inference_streams"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_queue_delay_ms", "returning_wait_ms"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_ranges(self, at_least_one=("max_batch_size", "max_queue_size", "inference_streams"),
+                     not_negative=("max_queue_delay_ms", "returning_wait_ms"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -57,3 +63,8 @@ class ServerConfig:
     cache_shard_rows: int = 256
     drain_seconds: float = 10.0  # grace period for in-flight requests on SIGTERM
     warmup: bool = True
+
+    def __post_init__(self) -> None:
+        positive = ("preprocess_threads", "max_items_per_request", "max_message_bytes",
+                    "max_image_pixels", "cache_shard_rows")  # fmt: skip
+        check_ranges(self, positive, not_negative=("intra_op_threads", "drain_seconds"))

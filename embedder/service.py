@@ -235,7 +235,7 @@ class EmbedderService(pb_grpc.EmbedderServicer):
             if model.cache:
                 await model.cache.store([keys[i] for i in rows], computed)
             if out is None:
-                out = computed
+                out = computed.astype(np.float32, copy=False)
             else:
                 out[rows] = computed
         for i, vector in hits.items():

@@ -34,16 +34,15 @@ def image_folder(root: str | Path, labels_from_folders: bool = False) -> Iterato
     root = Path(root)
     if not root.is_dir():
         raise SourceError(f"{root} is not a folder of images")
-    found = []  # (path parts below root, path): sorted like Paths, listed without Path objects
+    found = []  # path parts below root: sorted like Paths, listed without a Path per file
     for folder, _, names in os.walk(root):
-        below = tuple(Path(folder).relative_to(root).parts)
-        for name in names:
-            if os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
-                found.append(((*below, name), os.path.join(folder, name)))
-    for parts, path in sorted(found):
+        below = Path(folder).relative_to(root).parts
+        found += [(*below, n) for n in names if os.path.splitext(n)[1].lower() in IMAGE_SUFFIXES]
+    for parts in sorted(found):
+        path = root.joinpath(*parts)
         if labels_from_folders and len(parts) < 2:
             raise SourceError(f"{path} is not inside a class sub-folder of {root}")
-        yield SourceItem(path, parts[0] if labels_from_folders else None, path=Path(path))
+        yield SourceItem(str(path), parts[0] if labels_from_folders else None, path=path)
 
 
 def path_list(list_file: str | Path) -> Iterator[SourceItem]:

@@ -10,7 +10,7 @@ import pytest
 
 from embedder.batcher import DynamicBatcher
 from embedder.config import BatchingConfig
-from embedder.errors import ConfigError, DeadlineExceededError, QueueFullError
+from embedder.errors import DeadlineExceededError, NotReadyError, QueueFullError
 
 
 @pytest.fixture
@@ -163,10 +163,27 @@ def test_two_streams_run_batches_side_by_side(session):
         )
 
 
-@pytest.mark.parametrize(
-    "setting", [{"max_batch_size": 0}, {"inference_streams": 0}, {"max_queue_delay_ms": -1}]
-)
-def test_out_of_range_batching_settings_are_refused(setting):
-    name = next(iter(setting))
-    with pytest.raises(ConfigError, match=name):
-        BatchingConfig(**setting)
+def test_close_answers_queued_and_running_callers_and_refuses_new_ones(session):
+    release = threading.Event()
+
+    def run(feeds):
+        release.wait(10)
+        return session.run(["features"], feeds)[0]
+
+    async def main():
+        config = BatchingConfig(max_batch_size=1, inference_streams=1)
+        b = DynamicBatcher("tiny", run, lambda a: {"pixels": np.stack(a)}, config)
+        b.start()
+        running = asyncio.ensure_future(b.submit(items(1)))
+        queued = asyncio.ensure_future(b.submit(items(1, seed=1)))
+        await asyncio.sleep(0.05)  # the first is in the run, the second waits behind it
+        threading.Timer(0.2, release.set).start()  # the run itself cannot be interrupted
+        await asyncio.wait_for(b.close(), 10)
+        results = await asyncio.gather(running, queued, return_exceptions=True)
+        with pytest.raises(NotReadyError, match="shutting down"):
+            await b.submit(items(1))
+        return results
+
+    running, queued = asyncio.run(main())
+    assert isinstance(running, NotReadyError) and "mid-batch" in str(running)
+    assert isinstance(queued, NotReadyError) and "shutting down" in str(queued)

@@ -29,3 +29,11 @@ def test_image_at_the_top_cannot_take_a_folder_label(tmp_path):
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(SourceError, match="is not a folder of images"):
         list(image_folder(tmp_path / "nope"))
+
+
+def test_sources_are_written_as_the_folder_was_given(tmp_path, monkeypatch):
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "a.jpg").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    assert [i.source for i in image_folder(".")] == ["cat/a.jpg"]
+    assert [i.source for i in image_folder("cat/")] == ["cat/a.jpg"]

@@ -1,0 +1,38 @@
+"""Settings out of range are refused, with their name, before anything starts."""
+
+import math
+
+import pytest
+
+from embedder.batch_export import BatchExportConfig
+from embedder.cli import serve_main
+from embedder.config import BatchingConfig, ServerConfig
+from embedder.errors import ConfigError
+from embedder.features_cli import main as features_main
+
+
+@pytest.mark.parametrize(
+    "config, setting",
+    [
+        (BatchingConfig, {"max_batch_size": 0}),
+        (BatchingConfig, {"inference_streams": 0}),
+        (BatchingConfig, {"max_queue_delay_ms": -1}),
+        (BatchingConfig, {"returning_wait_ms": math.nan}),
+        (ServerConfig, {"preprocess_threads": 0}),
+        (ServerConfig, {"intra_op_threads": -1}),
+        (BatchExportConfig, {"inference_streams": 0}),
+        (BatchExportConfig, {"batch_size": 0}),
+        (BatchExportConfig, {"decode_workers": 0}),
+    ],
+)
+def test_out_of_range_settings_are_refused(config, setting):
+    with pytest.raises(ConfigError, match=next(iter(setting))):
+        config(**setting)
+
+
+def test_command_lines_report_a_bad_setting_without_a_traceback(tmp_path, capsys):
+    assert serve_main(["--repo", str(tmp_path), "--max-batch-size", "0"]) == 2
+    assert "max_batch_size must be at least 1" in capsys.readouterr().err
+    args = ["export", "--images", str(tmp_path), "--cache", str(tmp_path), "--batch-size", "0"]
+    assert features_main(args) == 2
+    assert "batch_size must be at least 1" in capsys.readouterr().err
