@@ -189,7 +189,12 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         async def produce() -> None:
             try:
                 async for request in requests:
-                    await pending.put(asyncio.ensure_future(self.embed(request, None)))
+                    task = asyncio.ensure_future(self.embed(request, None))
+                    try:
+                        await pending.put(task)
+                    except asyncio.CancelledError:  # not queued: nobody else would cancel it
+                        task.cancel()
+                        raise
             finally:
                 await pending.put(None)
 
