@@ -126,6 +126,7 @@ def model_info(model: LoadedModel, config: ServerConfig) -> pb.ModelInfo:
             max_batch_size=b.max_batch_size, max_queue_delay_ms=b.max_queue_delay_ms,
             max_queue_size=b.max_queue_size, max_items_per_request=config.max_items_per_request,
             max_message_bytes=config.max_message_bytes, max_image_pixels=config.max_image_pixels,
+            inference_streams=b.inference_streams,
         ),
         preprocess_json=json.dumps(asdict(m.preprocess)), manifest_json=m.to_json(),
         heads=list(m.heads),

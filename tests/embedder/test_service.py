@@ -54,7 +54,7 @@ def test_list_and_get_model(client):
     image = models["tiny_image"]
     assert (image.modality, image.dim, image.version, image.precision) == ("image", 24, "1", "fp32")
     assert image.providers == ["CPUExecutionProvider"]
-    assert image.batching.max_batch_size == 32
+    assert (image.batching.max_batch_size, image.batching.inference_streams) == (32, 1)
     assert json.loads(image.preprocess_json)["size"] == [32, 32]
     info = client.stub.GetModel(pb.GetModelRequest(model="tiny_text"))
     assert (info.modality, info.dim) == ("text", 32)
@@ -189,6 +189,8 @@ def test_two_inference_streams_give_every_client_its_own_answer(tiny_repo):
     batching = BatchingConfig(max_batch_size=4, inference_streams=2)
     with running_server(tiny_repo, batching=batching, intra_op_threads=1) as server:
         check_concurrent_clients(server.target, tiny_repo)
+        with EmbedderClient(server.target) as c:
+            assert {m.batching.inference_streams for m in c.list_models()} == {2}
 
 
 def check_concurrent_clients(target, tiny_repo):

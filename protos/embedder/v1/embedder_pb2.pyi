@@ -113,20 +113,22 @@ class GetModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class BatchingLimits(_message.Message):
-    __slots__ = ("max_batch_size", "max_queue_delay_ms", "max_queue_size", "max_items_per_request", "max_message_bytes", "max_image_pixels")
+    __slots__ = ("max_batch_size", "max_queue_delay_ms", "max_queue_size", "max_items_per_request", "max_message_bytes", "max_image_pixels", "inference_streams")
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_ITEMS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_STREAMS_FIELD_NUMBER: _ClassVar[int]
     max_batch_size: int
     max_queue_delay_ms: float
     max_queue_size: int
     max_items_per_request: int
     max_message_bytes: int
     max_image_pixels: int
-    def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ..., max_queue_size: _Optional[int] = ..., max_items_per_request: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ...) -> None: ...
+    inference_streams: int
+    def __init__(self, max_batch_size: _Optional[int] = ..., max_queue_delay_ms: _Optional[float] = ..., max_queue_size: _Optional[int] = ..., max_items_per_request: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_image_pixels: _Optional[int] = ..., inference_streams: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "version", "modality", "dim", "layer", "pooling", "normalized", "providers", "precision", "batching", "preprocess_json", "manifest_json", "heads")
