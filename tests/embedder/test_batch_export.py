@@ -179,16 +179,20 @@ def test_kill_9_then_resume_equals_a_clean_run(tiny_repo, tmp_path):
     np.testing.assert_allclose(x1, x2, atol=1e-5)
 
 
+def assert_same_rows(dataset_a, dataset_b):
+    ka, xa, ya, _ = rows_by_key(dataset_a)
+    kb, xb, yb, _ = rows_by_key(dataset_b)
+    np.testing.assert_array_equal(ka, kb)
+    np.testing.assert_array_equal(ya, yb)
+    np.testing.assert_allclose(xa, xb, atol=1e-5)
+
+
 def test_server_engine_equals_local(tiny_repo, tiny_server, images, tmp_path):
     local = export_features(image_folder(images, True), config(tiny_repo, tmp_path / "a"))
     remote = export_features(image_folder(images, True),
                              config(tiny_repo, tmp_path / "b", engine="server", server=tiny_server.target))  # fmt: skip
     assert (remote.embedded, remote.failed, remote.duplicates) == (12, 2, 1)
-    ka, xa, ya, _ = rows_by_key(local.dataset)
-    kb, xb, yb, _ = rows_by_key(remote.dataset)
-    np.testing.assert_array_equal(ka, kb)
-    np.testing.assert_array_equal(ya, yb)
-    np.testing.assert_allclose(xa, xb, atol=1e-5)
+    assert_same_rows(local.dataset, remote.dataset)
     assert local.dataset.name == remote.dataset.name  # same model file and preprocessing
 
 
@@ -200,11 +204,7 @@ def test_ray_engine_equals_local(tiny_repo, images, tmp_path):
         image_folder(images, True), config(tiny_repo, tmp_path / "r", engine="ray")
     )
     assert (on_ray.embedded, on_ray.failed, on_ray.duplicates) == (12, 2, 1)
-    ka, xa, ya, _ = rows_by_key(local.dataset)
-    kr, xr, yr, _ = rows_by_key(on_ray.dataset)
-    np.testing.assert_array_equal(ka, kr)
-    np.testing.assert_array_equal(ya, yr)
-    np.testing.assert_allclose(xa, xr, atol=1e-5)
+    assert_same_rows(local.dataset, on_ray.dataset)
     again = export_features(
         image_folder(images, True), config(tiny_repo, tmp_path / "r", engine="ray")
     )

@@ -261,7 +261,6 @@ def test_message_over_the_limit(tiny_repo):
 
 
 def test_queue_full_is_refused_at_once(tiny_repo):
-
     batching = BatchingConfig(max_batch_size=4, max_queue_delay_ms=1000, max_queue_size=4)
     with running_server(tiny_repo, batching=batching) as server, EmbedderClient(server.target) as c:
         waiting = threading.Thread(target=c.embed_images, args=("tiny_image", [png()] * 3))
@@ -383,7 +382,6 @@ def test_empty_repository_is_an_error(tmp_path):
 
 
 def test_request_larger_than_the_queue_is_told_to_split(tiny_repo):
-
     batching = BatchingConfig(max_batch_size=4, max_queue_size=4)
     with running_server(tiny_repo, batching=batching) as server, EmbedderClient(server.target) as c:
         expect_status(
