@@ -34,6 +34,7 @@ from embedder.batch_export import (  # noqa: E402
     open_model,
 )
 from embedder.cache import CacheIdentity, EmbeddingCache, load_features  # noqa: E402
+from embedder.inputs import Preprocessor  # noqa: E402
 from embedder.preprocess import preprocess_image_bytes  # noqa: E402
 from embedder.sources import image_folder  # noqa: E402
 
@@ -89,7 +90,8 @@ def ceiling(config: BatchExportConfig, paths: list[Path]) -> tuple[float, float]
 def preprocessing_ms(config: BatchExportConfig, paths: list[Path]) -> float:
     """CPU ms per image to read, hash, decode and resize, on one thread."""
     session = open_model(config)
-    prepare = make_preparer(session.manifest, session.folder, set(), config)
+    pre = Preprocessor(session.manifest, session.folder, config.max_image_pixels)
+    prepare = make_preparer(session.manifest, pre, set())
     items = list(image_folder(paths[0].parent))
     _, cpu = _timed(lambda: [prepare(item) for item in items])
     return 1000 * cpu / len(items)

@@ -28,6 +28,8 @@ from .config import Provider, ServerConfig, check_ranges
 from .errors import EmbedderError, InputError
 from .inputs import Preprocessor, RawItem
 from .manifest import Manifest
+from .preprocess import DEFAULT_MAX_PIXELS
+from .repository import version_key
 from .runtime import CPU, ModelSession, model_file, open_session, provider_chain
 from .sources import SourceItem
 
@@ -50,7 +52,7 @@ class BatchExportConfig:
     intra_op_threads: int = 0  # 0: the cores divided among the streams
     shard_rows: int = 2048  # rows per Parquet shard: the most a kill can cost
     provider: Provider = "auto"
-    max_image_pixels: int = 40_000_000
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
     ray_address: str | None = None  # None: a local Ray; "auto" or ray://host:port: a cluster
     ray_actors: int = 2  # one CPU and one onnxruntime thread each
     progress: bool = True
@@ -117,8 +119,7 @@ def planned_identity(manifest: Manifest, provider: Provider) -> CacheIdentity:
 
     on_gpu = provider_chain(provider, ort.get_available_providers())[0] != CPU
     filename, precision = model_file(manifest, on_gpu, "fp32")
-    sha = manifest.sha256 if precision == "fp32" else manifest.variants[precision].sha256
-    return CacheIdentity.of(manifest, sha)
+    return CacheIdentity.of(manifest, manifest.file_sha256(precision))
 
 
 class LazySession:
@@ -150,7 +151,7 @@ def _model_folder(config: BatchExportConfig) -> Path:
     versions = [p.name for p in found if p.is_dir() and not p.name.startswith(".")]
     if not versions:
         raise EmbedderError(f"no model {config.model!r} in {config.repo}; export it first")
-    version = config.version or max(versions, key=lambda v: (0, int(v)) if v.isdigit() else (1, v))
+    version = config.version or max(versions, key=version_key)
     if version not in versions:
         raise EmbedderError(f"{config.model} has no version {version!r}; found {sorted(versions)}")
     return base / version
@@ -158,8 +159,7 @@ def _model_folder(config: BatchExportConfig) -> Path:
 
 def identity_for(session: ModelSession) -> CacheIdentity:
     m = session.manifest
-    sha = m.sha256 if session.precision == "fp32" else m.variants[session.precision].sha256
-    return CacheIdentity.of(m, sha)
+    return CacheIdentity.of(m, m.file_sha256(session.precision))
 
 
 def read_item(item: SourceItem) -> Prepared:
@@ -251,14 +251,14 @@ def export_features(items: Iterable[SourceItem], config: BatchExportConfig) -> S
     cache = EmbeddingCache(config.cache, identity)
     summary = Summary(total=len(items), dataset=cache.folder)
     writer = CacheWriter(cache, config.shard_rows)
-    prepare = make_preparer(manifest, folder, set(cache.keys), config)
+    pre = Preprocessor(manifest, folder, config.max_image_pixels) if folder else None
+    prepare = make_preparer(manifest, pre, set(cache.keys))
     seen: set[str] = set()
     members: dict[str, tuple[str | None, str]] = {}  # this run's rows: key -> (label, source)
     batch: list[Prepared] = []
     with ExitStack() as stack, _progress(len(items), config.progress) as bar:
         stack.callback(writer.flush)  # whatever was embedded survives an aborted run
-        if folder is not None:
-            pre = Preprocessor(manifest, folder, config.max_image_pixels)
+        if pre is not None:
             embed = _local_embedder(LazySession(config, identity), pre)
         else:
             embed = _server_embedder(config, manifest, stack)
@@ -317,9 +317,9 @@ def _record_batch(batch: list[Prepared], result, writer: CacheWriter, summary: S
     summary.failed += len(failures)
 
 
-def make_preparer(manifest: Manifest, folder: Path | None, known: Container[str], config):
-    """Read, hash, skip keys `known` from earlier runs, decode + preprocess (local engines)."""
-    pre = Preprocessor(manifest, folder, config.max_image_pixels) if folder else None
+def make_preparer(manifest: Manifest, pre: Preprocessor | None, known: Container[str]):
+    """Read, hash, skip keys `known` from earlier runs, decode + preprocess with `pre` (local
+    engines; None when a server preprocesses)."""
 
     def prepare(item: SourceItem) -> Prepared:
         prepared = read_item(item)
@@ -405,5 +405,4 @@ def _server_model(config: BatchExportConfig) -> tuple[Manifest, CacheIdentity]:
     with EmbedderClient(config.server) as client:
         info = client.stub.GetModel(pb.GetModelRequest(model=config.model, version=config.version))
     manifest = Manifest.from_dict(json.loads(info.manifest_json))
-    sha = manifest.sha256 if info.precision == "fp32" else manifest.variants[info.precision].sha256
-    return manifest, CacheIdentity.of(manifest, sha)
+    return manifest, CacheIdentity.of(manifest, manifest.file_sha256(info.precision))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from .errors import ConfigError
+from .preprocess import DEFAULT_MAX_PIXELS
 
 Provider = Literal["auto", "cpu", "cuda", "tensorrt"]
 
@@ -54,7 +55,7 @@ class ServerConfig:
     batching: BatchingConfig = BatchingConfig()
     max_items_per_request: int = 256
     max_message_bytes: int = 64 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
     metrics_port: int | None = None  # Prometheus /metrics on this port when set
     auth_token: str | None = None  # require "authorization: Bearer <token>" when set
     tls_cert: Path | None = None

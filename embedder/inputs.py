@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import InputError
 from .manifest import ImagePreprocess, Manifest
-from .preprocess import TextTokenizer, pad_token_ids, preprocess_image_bytes
+from .preprocess import DEFAULT_MAX_PIXELS, TextTokenizer, pad_token_ids, preprocess_image_bytes
 
 ItemKind = Literal["image", "text", "tensor"]
 
@@ -27,7 +27,7 @@ class RawItem:
 class Preprocessor:
     """Preprocessing for one model; thread-safe (PIL and tokenizers release the GIL)."""
 
-    def __init__(self, manifest: Manifest, folder: Path, max_pixels: int):
+    def __init__(self, manifest: Manifest, folder: Path, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.manifest, self.max_pixels = manifest, max_pixels
         self.tokenizer = None
         if manifest.modality == "text":

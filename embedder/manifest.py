@@ -162,6 +162,10 @@ class Manifest:
             raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
         return cls.from_dict(raw)
 
+    def file_sha256(self, precision: str) -> str:
+        """The sha256 of the file served at `precision` ("fp32" or an exported variant)."""
+        return self.sha256 if precision == "fp32" else self.variants[precision].sha256
+
     def verify(self, folder: str | Path) -> None:
         """Refuse a model whose files do not match the digests recorded at export."""
         files = {self.file: self.sha256} | {v.file: v.sha256 for v in self.variants.values()}

@@ -26,10 +26,12 @@ from .batch_export import (
     identity_for,
     make_preparer,
     open_model,
+    planned_identity,
 )
 from .cache import CacheIdentity, EmbeddingCache
 from .errors import EmbedderError
 from .inputs import Preprocessor
+from .manifest import Manifest
 from .sources import SourceItem
 
 OUTPUT_COLUMNS = ("key", "embedding", "label", "source", "status", "reason")
@@ -49,7 +51,7 @@ class RayEmbedder:
         self.known = known
         m, folder = self.session.manifest, self.session.folder
         self.pre = Preprocessor(m, folder, config.max_image_pixels)
-        self.prepare = make_preparer(m, folder, known, config)
+        self.prepare = make_preparer(m, self.pre, known)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         items = [
@@ -107,8 +109,8 @@ def _init_ray(config: BatchExportConfig):
 def export_with_ray(items: list[SourceItem], config: BatchExportConfig) -> Summary:
     started = time.perf_counter()
     ray = _init_ray(config)
-    _model_folder(config)  # fail fast in the driver when the model is missing
-    identity = identity_for(open_model(config))
+    # Known without loading the model; each actor checks its session against it.
+    identity = planned_identity(Manifest.read(_model_folder(config)), config.provider)
     cache = EmbeddingCache(config.cache, identity)
     summary = Summary(total=len(items), dataset=cache.folder)
     writer = CacheWriter(cache, config.shard_rows)

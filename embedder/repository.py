@@ -13,7 +13,7 @@ from .runtime import ModelSession, open_session
 log = logging.getLogger(__name__)
 
 
-def _version_key(version: str) -> tuple[int, int | str]:
+def version_key(version: str) -> tuple[int, int | str]:
     return (0, int(version)) if version.isdigit() else (1, version)
 
 
@@ -53,7 +53,7 @@ class ModelRepository:
                 f"unknown model {name!r}; loaded: {', '.join(sorted(self.models)) or 'none'}"
             )
         if not version:
-            return versions[max(versions, key=_version_key)]
+            return versions[max(versions, key=version_key)]
         if version not in versions:
             raise ModelNotFoundError(
                 f"model {name!r} has no version {version!r}; loaded: {', '.join(sorted(versions))}"

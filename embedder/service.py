@@ -296,9 +296,6 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         pre = model.preprocessor
         if model.session.manifest.modality == "text":
             texts = [r.value for r in raw]
-            for i, text in zip(indices, texts, strict=True):
-                if not text.strip():
-                    raise InputError(f"item {i}: empty text")
             try:
                 if sum(map(len, texts)) <= INLINE_TEXT_CHARS:  # a thread hop costs more
                     return pre.texts(texts)

@@ -31,7 +31,7 @@ class Embeddings(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
 
     def fit(self, X, y=None):
-        self._session = None  # parameters may have changed since the last fit
+        self._session = self._preprocessor = None  # parameters may have changed since the fit
         if self.server:
             from embedder.client import EmbedderClient
             from protos.embedder.v1 import embedder_pb2 as pb
@@ -75,6 +75,7 @@ class Embeddings(TransformerMixin, BaseEstimator):
 
     def _local_session(self):
         from embedder.batch_export import BatchExportConfig, open_model
+        from embedder.inputs import Preprocessor
 
         if getattr(self, "_session", None) is None:
             # One caller: its runs get all the cores.
@@ -82,14 +83,14 @@ class Embeddings(TransformerMixin, BaseEstimator):
                 repo=Path(self.repo), model=self.model, version=self.version, inference_streams=1
             )
             self._session = open_model(config)
+            self._preprocessor = Preprocessor(self._session.manifest, self._session.folder)
         return self._session
 
     def _local(self, items: list) -> np.ndarray:
-        from embedder.inputs import Preprocessor, RawItem
+        from embedder.inputs import RawItem
         from embedder.preprocess import image_to_pixels
 
-        session = self._local_session()
-        pre = Preprocessor(session.manifest, session.folder, 40_000_000)
+        session, pre = self._local_session(), self._preprocessor
         parts = []
         for start in range(0, len(items), self.batch_size):
             chunk = items[start : start + self.batch_size]
@@ -115,4 +116,5 @@ class Embeddings(TransformerMixin, BaseEstimator):
     def __getstate__(self):
         state = dict(self.__dict__)
         state.pop("_session", None)  # an onnxruntime session is reopened, not pickled
+        state.pop("_preprocessor", None)
         return state

@@ -64,8 +64,10 @@ def test_curve_with_pixel_baseline(tmp_path, capsys):
         == 0
     )
     text = capsys.readouterr().out
-    assert "| k per class |" in text and ("transfer" in text or "TRANSFER" in text)
-    assert json.loads((out / "curve.json").read_text())["points"][0]["k"] == 1
+    curve = json.loads((out / "curve.json").read_text())
+    assert "| k per class |" in text and curve["points"][0]["k"] == 1
+    expected = "NEGATIVE TRANSFER" if curve["negative_at"] else "positive transfer"
+    assert expected in text and curve["verdict"] in text  # the printed verdict is the saved one
 
 
 def test_compare_ranks_two_feature_sets(tmp_path, capsys):
