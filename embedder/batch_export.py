@@ -1,10 +1,10 @@
 """Batch feature export: embed a whole dataset with one model into the embedding cache.
 
-Engines: `local` (an onnxruntime session in this process; decoding in a thread pool that runs
-ahead of inference), `server` (a running embedder-serve does the work), `ray` (Ray Data, one
-session per actor; see ray_engine.py). All three share the reading, hashing, deduplication,
-failure handling and cache writing here, so a kill -9 at any moment and a rerun end with the
-rows of a clean run.
+Engines: `local` (an onnxruntime session in this process; decoding and tokenising in a thread
+pool that runs ahead of inference), `server` (a running embedder-serve does the work), `ray`
+(Ray Data, one session per actor; see ray_engine.py). All three share the reading, hashing,
+deduplication, failure handling and cache writing here, so a kill -9 at any moment and a rerun
+end with the rows of a clean run; one bad item (corrupt image, text too long) fails alone.
 """
 
 from __future__ import annotations
@@ -318,8 +318,8 @@ def _record_batch(batch: list[Prepared], result, writer: CacheWriter, summary: S
 
 
 def make_preparer(manifest: Manifest, pre: Preprocessor | None, known: Container[str]):
-    """Read, hash, skip keys `known` from earlier runs, decode + preprocess with `pre` (local
-    engines; None when a server preprocesses)."""
+    """Read, hash, skip keys `known` from earlier runs, then decode an image or tokenise a text
+    with `pre` (local and Ray engines; None when a server preprocesses)."""
 
     def prepare(item: SourceItem) -> Prepared:
         prepared = read_item(item)
@@ -329,9 +329,12 @@ def make_preparer(manifest: Manifest, pre: Preprocessor | None, known: Container
             prepared.error = "text given to an image model"
         elif manifest.modality == "text" and item.text is None:
             prepared.error = "file given to a text model; pass a table of texts"
-        elif pre is not None and manifest.modality == "image":
+        elif pre is not None:  # one bad item (e.g. a text too long to embed) fails alone
             try:
-                prepared.array = pre.image(0, RawItem("image", prepared.raw))
+                if manifest.modality == "image":
+                    prepared.array = pre.image(0, RawItem("image", prepared.raw))
+                else:
+                    (prepared.array,) = pre.texts([item.text])
                 prepared.raw = None
             except InputError as exc:
                 prepared.error = str(exc).removeprefix("item 0: ")
@@ -342,19 +345,8 @@ def make_preparer(manifest: Manifest, pre: Preprocessor | None, known: Container
 
 def _local_embedder(lazy: LazySession, pre: Preprocessor):
     def embed(batch: list[Prepared]) -> tuple[np.ndarray, list[tuple[int, str]]]:
-        failures: list[tuple[int, str]] = []
-        if pre.manifest.modality == "text":
-            arrays = []
-            for i, p in enumerate(batch):  # one bad text (too long) fails alone
-                try:
-                    arrays.extend(pre.texts([p.raw]))
-                except InputError as exc:
-                    failures.append((i, str(exc).removeprefix("item 0: ")))
-        else:
-            arrays = [p.array for p in batch]
-        if not arrays:
-            return np.zeros((0, pre.manifest.dim), np.float32), failures
-        return lazy.get().run(pre.collate(arrays))[:, : pre.manifest.dim], failures
+        arrays = [p.array for p in batch]
+        return lazy.get().run(pre.collate(arrays))[:, : pre.manifest.dim], []
 
     return embed
 

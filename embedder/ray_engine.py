@@ -86,11 +86,7 @@ class RayEmbedder:
     def _embed(self, todo: list[Prepared]) -> np.ndarray:
         if not todo:
             return np.zeros((0, self.session.manifest.dim), np.float32)
-        if self.session.manifest.modality == "text":
-            arrays = self.pre.texts([p.raw for p in todo])
-        else:
-            arrays = [p.array for p in todo]
-        return self.session.run(self.pre.collate(arrays))
+        return self.session.run(self.pre.collate([p.array for p in todo]))
 
 
 def _init_ray(config: BatchExportConfig):

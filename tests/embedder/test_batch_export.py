@@ -1,5 +1,6 @@
 """Batch feature export: real image files (corrupt ones too), real Parquet, all engines."""
 
+import contextlib
 import json
 import os
 import signal
@@ -209,6 +210,47 @@ def test_ray_engine_equals_local(tiny_repo, images, tmp_path):
         image_folder(images, True), config(tiny_repo, tmp_path / "r", engine="ray")
     )
     assert (again.embedded, again.from_cache, again.duplicates, again.failed) == (0, 12, 1, 2)
+
+
+@pytest.fixture
+def untruncated_repo(tiny_repo, tmp_path):
+    """tiny_text with truncation off: a text over its 16 tokens cannot be embedded."""
+    import shutil
+
+    folder = tmp_path / "repo" / "tiny_text" / "1"
+    shutil.copytree(tiny_repo / "tiny_text" / "1", folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["preprocess"]["truncation"] = False
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return tmp_path / "repo"
+
+
+LONG_TEXT = " ".join(["word"] * 40)
+
+
+@pytest.mark.parametrize(
+    "engine", ["local", "server", pytest.param("ray", marks=pytest.mark.distributed)]
+)
+def test_a_text_too_long_fails_alone(untruncated_repo, tmp_path, engine):
+    from server_helpers import running_server
+
+    if engine == "ray":
+        pytest.importorskip("ray")
+    path = tmp_path / "t.csv"
+    path.write_text(f"text\nthe cat sat\n{LONG_TEXT}\na cup of coffee\nthe dog\n")
+    with contextlib.ExitStack() as stack:
+        server = None
+        if engine == "server":
+            server = stack.enter_context(running_server(untruncated_repo)).target
+        cfg = BatchExportConfig(repo=untruncated_repo, model="tiny_text", cache=tmp_path / "c",
+                                batch_size=4, progress=False, engine=engine, server=server)  # fmt: skip
+        summary = export_features(text_table(path, "text"), cfg)
+    assert (summary.embedded, summary.failed) == (3, 1)  # one batch of four, one bad text
+    failures = pq.ParquetDataset(sorted((summary.dataset / "failures").glob("*.parquet")))
+    [failure] = failures.read().to_pylist()
+    assert failure["source"] == "t.csv:1"
+    assert failure["reason"].endswith("tokens, over max_length 16")
+    assert sorted(load_features(summary.dataset).sources) == ["t.csv:0", "t.csv:2", "t.csv:3"]
 
 
 def test_missing_model_is_a_clear_error(tiny_repo, images, tmp_path):
