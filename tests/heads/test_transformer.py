@@ -81,10 +81,22 @@ def test_server_and_local_agree_and_pickle_round_trip(tiny_repo, tiny_server, im
     assert clone(local).get_params() == local.get_params()
 
 
-def test_text_model(tiny_repo):
-    emb = Embeddings("tiny_text", repo=tiny_repo).fit(["x"])
-    out = emb.transform(["the cat sat", "dog"])
-    assert out.shape == (2, 32)
+def test_text_model_equals_the_onnx_session_locally_and_through_the_server(tiny_repo, tiny_server):
+    import onnxruntime as ort
+
+    from embedder.manifest import Manifest
+    from embedder.preprocess import TextTokenizer
+
+    texts = ["the cat sat on the mat", "dog"]  # padded together in one batch
+    folder = tiny_repo / "tiny_text" / "1"
+    tok = TextTokenizer(folder / "tokenizer.json", Manifest.read(folder).preprocess)
+    session = ort.InferenceSession(str(folder / "model.onnx"))
+    alone = np.concatenate([session.run(["features"], tok([t]))[0] for t in texts])
+    local = Embeddings("tiny_text", repo=tiny_repo).fit(["x"]).transform(texts)
+    remote = Embeddings("tiny_text", server=tiny_server.target).fit(["x"]).transform(texts)
+    assert local.shape == (2, 32)
+    np.testing.assert_allclose(local, alone, atol=1e-5)
+    np.testing.assert_allclose(remote, alone, atol=1e-5)
 
 
 def test_unfitted_transform_is_an_error():
