@@ -23,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 
-from .cache import CacheIdentity, EmbeddingCache, content_key
+from .cache import CacheIdentity, EmbeddingCache, content_key, failure_id
 from .config import Provider, ServerConfig, check_ranges
 from .errors import EmbedderError, InputError
 from .inputs import Preprocessor, RawItem
@@ -164,6 +164,8 @@ def identity_for(session: ModelSession) -> CacheIdentity:
 
 def read_item(item: SourceItem) -> Prepared:
     """Read bytes and hash them; text is validated here."""
+    if item.error is not None:  # a row of the source that held no usable text
+        return Prepared(item, "", error=item.error)
     if item.text is not None:
         try:
             raw = item.text.encode("utf-8")
@@ -198,7 +200,7 @@ class CacheWriter:
             self.flush()
 
     def fail(self, key: str, source: str, reason: str) -> None:
-        if key and key in self.cache.failed:  # failed before for the same reason: retried, once
+        if failure_id(key, source) in self.cache.failed:  # failed before: retried, recorded once
             return
         self.failures.append((key, source, reason))
 
@@ -247,7 +249,7 @@ def export_features(items: Iterable[SourceItem], config: BatchExportConfig) -> S
         manifest = Manifest.read(folder)
         identity = planned_identity(manifest, config.provider)
     else:
-        manifest, identity = _server_model(config)
+        manifest, identity, max_bytes = _server_model(config)
     cache = EmbeddingCache(config.cache, identity)
     summary = Summary(total=len(items), dataset=cache.folder)
     writer = CacheWriter(cache, config.shard_rows)
@@ -261,7 +263,7 @@ def export_features(items: Iterable[SourceItem], config: BatchExportConfig) -> S
         if pre is not None:
             embed = _local_embedder(LazySession(config, identity), pre)
         else:
-            embed = _server_embedder(config, manifest, stack)
+            embed = _server_embedder(config, manifest, max_bytes, stack)
         stream = prepare_stream(items, prepare, config.decode_workers, config.batch_size * 4)
         # Inference runs in its own threads, so it never waits on this loop; results are
         # recorded in input order.
@@ -354,24 +356,30 @@ def _local_embedder(lazy: LazySession, pre: Preprocessor):
 _ITEM = re.compile(r"^item (\d+): ")
 
 
-def _server_embedder(config: BatchExportConfig, manifest: Manifest, stack: ExitStack):
-    """Sends raw bytes / texts; an item the server rejects is recorded and the rest resent."""
+def _server_embedder(config: BatchExportConfig, manifest: Manifest, max_bytes: int,
+                     stack: ExitStack):  # fmt: skip
+    """Sends raw bytes / texts in requests that fit the server's message limit; an item the
+    server rejects (or one too big for any request) is recorded and the rest resent."""
     import grpc
 
     from protos.embedder.v1 import embedder_pb2 as pb
 
-    from .client import EmbedderClient, embed_request
+    from .client import EmbedderClient, embed_request, request_chunks
 
-    client = stack.enter_context(EmbedderClient(config.server))
+    client = stack.enter_context(EmbedderClient(config.server, max_message_bytes=max_bytes))
+    kind = "text" if manifest.modality == "text" else "image"
 
-    def embed(batch: list[Prepared]) -> tuple[np.ndarray, list[tuple[int, str]]]:
-        alive, failures = list(range(len(batch))), []
+    def send(items: list[pb.Item], indices: list[int], failures: list) -> np.ndarray:
+        alive = list(indices)
         while alive:
-            kind = "text" if manifest.modality == "text" else "image"
-            items = [pb.Item(**{kind: batch[i].raw}) for i in alive]
+            request = embed_request(config.model, [items[i] for i in alive],
+                                    version=config.version)  # fmt: skip
+            if request.ByteSize() > max_bytes:  # one item alone over the limit
+                failures.append((alive[0], f"{items[alive[0]].ByteSize()} bytes, over the "
+                                           f"server's message limit of {max_bytes}"))  # fmt: skip
+                return np.zeros((0, manifest.dim), np.float32)
             try:
-                result = client.embed(embed_request(config.model, items, version=config.version))
-                return result.embeddings, failures
+                return client.embed(request).embeddings
             except grpc.RpcError as exc:
                 match = _ITEM.match(exc.details() or "")
                 if exc.code() != grpc.StatusCode.INVALID_ARGUMENT or not match:
@@ -379,13 +387,21 @@ def _server_embedder(config: BatchExportConfig, manifest: Manifest, stack: ExitS
                     raise EmbedderError(f"server {config.server}: {what}") from exc
                 bad = alive.pop(int(match.group(1)))
                 failures.append((bad, exc.details()[match.end() :]))
-        return np.zeros((0, manifest.dim), np.float32), failures
+        return np.zeros((0, manifest.dim), np.float32)
+
+    def embed(batch: list[Prepared]) -> tuple[np.ndarray, list[tuple[int, str]]]:
+        items = [pb.Item(**{kind: p.raw}) for p in batch]
+        failures: list[tuple[int, str]] = []
+        parts = [send(items, chunk, failures)
+                 for chunk in request_chunks(items, config.batch_size, max_bytes)]  # fmt: skip
+        return np.concatenate(parts), failures
 
     return embed
 
 
-def _server_model(config: BatchExportConfig) -> tuple[Manifest, CacheIdentity]:
-    """The served model's manifest, and the cache identity of the file the server runs."""
+def _server_model(config: BatchExportConfig) -> tuple[Manifest, CacheIdentity, int]:
+    """The served model's manifest, the cache identity of the file the server runs, and the
+    largest message the server takes."""
     import json
 
     from protos.embedder.v1 import embedder_pb2 as pb
@@ -397,4 +413,5 @@ def _server_model(config: BatchExportConfig) -> tuple[Manifest, CacheIdentity]:
     with EmbedderClient(config.server) as client:
         info = client.stub.GetModel(pb.GetModelRequest(model=config.model, version=config.version))
     manifest = Manifest.from_dict(json.loads(info.manifest_json))
-    return manifest, CacheIdentity.of(manifest, manifest.file_sha256(info.precision))
+    identity = CacheIdentity.of(manifest, manifest.file_sha256(info.precision))
+    return manifest, identity, info.batching.max_message_bytes

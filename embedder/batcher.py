@@ -74,7 +74,8 @@ class DynamicBatcher:
         _fail(self._jobs, NotReadyError(f"model {self.name!r} is shutting down; retry elsewhere"))
         self._jobs.clear()
         self._queued_items = 0
-        self._executor.shutdown(wait=True)
+        # The batch still running in a thread finishes there, without blocking the event loop.
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
 
     async def submit(
         self, arrays: list[np.ndarray], deadline: float | None = None

@@ -113,6 +113,12 @@ def embeddings_table(keys, vectors: np.ndarray, labels, sources, identity=None) 
     )  # fmt: skip
 
 
+def failure_id(key: str, source: str) -> str:
+    """What a recorded failure is known by: its content key, or for an input that could not
+    even be read (no key), its source."""
+    return key or f"unread:{source}"
+
+
 class EmbeddingCache:
     """One dataset folder; appends in shards; knows which keys it holds."""
 
@@ -120,8 +126,9 @@ class EmbeddingCache:
         self.identity = identity
         self.folder = Path(root) / identity.model / identity.version / identity.digest
         self._check_or_write_identity()
-        self.keys: set[str] = set(self._read_column(EMBEDDINGS, "key"))
-        self.failed: set[str] = set(self._read_column(FAILURES, "key"))
+        (keys,) = self._read_columns(EMBEDDINGS, "key")
+        self.keys: set[str] = set(keys)
+        self.failed: set[str] = set(map(failure_id, *self._read_columns(FAILURES, "key", "source")))
 
     def _check_or_write_identity(self) -> None:
         path = self.folder / "dataset.json"
@@ -141,11 +148,12 @@ class EmbeddingCache:
         folder = self.folder / kind
         return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
 
-    def _read_column(self, kind: str, column: str) -> list[str]:
+    def _read_columns(self, kind: str, *columns: str) -> list[list[str]]:
         files = self.shard_files(kind)
         if not files:
-            return []
-        return pq.ParquetDataset(files).read(columns=[column]).column(column).to_pylist()
+            return [[] for _ in columns]
+        table = pq.ParquetDataset(files).read(columns=list(columns))
+        return [table.column(c).to_pylist() for c in columns]
 
     def append(self, keys: list[str], vectors: np.ndarray, labels=None, sources=None) -> None:
         if not keys:
@@ -162,7 +170,7 @@ class EmbeddingCache:
         keys, sources, reasons = zip(*rows, strict=True)
         table = pa.table({"key": keys, "source": sources, "reason": reasons}, FAILURE_SCHEMA)
         _write_atomically(table, self.folder / FAILURES, "failed")
-        self.failed.update(keys)
+        self.failed.update(map(failure_id, keys, sources))
 
     def write_run(self, name: str, members: dict[str, tuple[str | None, str]]) -> Path:
         """runs/<name>.parquet: the keys of one dataset with their labels and sources."""

@@ -77,9 +77,25 @@ def _credentials(token: str | None, root_cert: bytes | None):
     return creds
 
 
-def _chunks(seq: Sequence, size: int) -> Iterable[Sequence]:
-    for i in range(0, len(seq), size):
-        yield seq[i : i + size]
+REQUEST_OVERHEAD = 64 << 10  # bytes a request's model name, options and framing may take
+
+
+def request_chunks(items: Sequence[pb.Item], max_items: int, max_bytes: int
+                   ) -> Iterable[list[int]]:  # fmt: skip
+    """Indices of `items` in consecutive requests of at most `max_items` items that fit a
+    `max_bytes` message; an item too big to fit any request goes alone (the server refuses it)."""
+    budget = max_bytes - min(REQUEST_OVERHEAD, max_bytes // 8)
+    chunk: list[int] = []
+    size = 0
+    for i, item in enumerate(items):
+        item_bytes = item.ByteSize() + 8  # the field's tag and length
+        if chunk and (len(chunk) == max_items or size + item_bytes > budget):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(i)
+        size += item_bytes
+    if chunk:
+        yield chunk
 
 
 class EmbedderClient:
@@ -92,7 +108,7 @@ class EmbedderClient:
         self.stub = pb_grpc.EmbedderStub(self.channel)
         # Without TLS the token travels as plain metadata (loopback / trusted networks only).
         self.metadata = [("authorization", f"Bearer {token}")] if token and not creds else None
-        self.timeout = timeout
+        self.timeout, self.max_message_bytes = timeout, max_message_bytes
 
     def __enter__(self) -> EmbedderClient:
         return self
@@ -113,8 +129,10 @@ class EmbedderClient:
     def _embed_items(
         self, model: str, items: list[pb.Item], batch_size: int, **options
     ) -> np.ndarray:
-        parts = [self.embed(embed_request(model, chunk, **options)).embeddings
-                 for chunk in _chunks(items, batch_size)]  # fmt: skip
+        parts = [
+            self.embed(embed_request(model, [items[i] for i in chunk], **options)).embeddings
+            for chunk in request_chunks(items, batch_size, self.max_message_bytes)
+        ]
         return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
     def embed_texts(
@@ -139,7 +157,7 @@ class AsyncEmbedderClient:
                         else grpc.aio.insecure_channel(target, args))  # fmt: skip
         self.stub = pb_grpc.EmbedderStub(self.channel)
         self.metadata = [("authorization", f"Bearer {token}")] if token and not creds else None
-        self.timeout = timeout
+        self.timeout, self.max_message_bytes = timeout, max_message_bytes
 
     async def __aenter__(self) -> AsyncEmbedderClient:
         return self
@@ -158,10 +176,23 @@ class AsyncEmbedderClient:
     async def embed(self, request: pb.EmbedRequest) -> EmbedResult:
         return decode(await self.stub.Embed(request, timeout=self.timeout, metadata=self.metadata))
 
-    async def embed_texts(self, model: str, texts: Sequence[str], **options) -> np.ndarray:
-        items = [pb.Item(text=t) for t in texts]
-        return (await self.embed(embed_request(model, items, **options))).embeddings
+    async def _embed_items(
+        self, model: str, items: list[pb.Item], batch_size: int, **options
+    ) -> np.ndarray:
+        parts = []
+        for chunk in request_chunks(items, batch_size, self.max_message_bytes):
+            result = await self.embed(embed_request(model, [items[i] for i in chunk], **options))
+            parts.append(result.embeddings)
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
-    async def embed_images(self, model: str, images: Sequence[ImageInput], **options) -> np.ndarray:
-        items = [image_item(im) for im in images]
-        return (await self.embed(embed_request(model, items, **options))).embeddings
+    async def embed_texts(
+        self, model: str, texts: Sequence[str], batch_size: int = 64, **options
+    ) -> np.ndarray:
+        return await self._embed_items(model, [pb.Item(text=t) for t in texts], batch_size,
+                                       **options)  # fmt: skip
+
+    async def embed_images(
+        self, model: str, images: Sequence[ImageInput], batch_size: int = 32, **options
+    ) -> np.ndarray:
+        return await self._embed_items(model, [image_item(im) for im in images], batch_size,
+                                       **options)  # fmt: skip

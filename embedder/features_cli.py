@@ -43,6 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Flags that belong to another kind of input would be silently ignored: refuse them."""
+    if args.command != "export":
+        return
+    if args.labels_from_folders and not args.images:
+        parser.error("--labels-from-folders needs --images (a folder with a sub-folder per class)")
+    if not args.texts and (args.label_column or args.text_column != "text"):
+        parser.error("--text-column / --label-column need --texts (a table of texts)")
+
+
 def _items(args: argparse.Namespace):
     if args.images:
         return image_folder(args.images, args.labels_from_folders)
@@ -57,7 +67,9 @@ def _default_name(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_flags(parser, args)
     try:
         if args.command == "show":
             f = load_features(args.path)

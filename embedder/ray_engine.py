@@ -54,10 +54,10 @@ class RayEmbedder:
         self.prepare = make_preparer(m, self.pre, known)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        items = [
-            SourceItem(r["source"], r["label"], path=r["path"] and Path(r["path"]), text=r["text"])
-            for r in batch.to_pylist()
-        ]
+        rows = batch.to_pylist()
+        for r in rows:
+            r["path"] = r["path"] and Path(r["path"])
+        items = [SourceItem(**r) for r in rows]
         prepared = [self.prepare(item) for item in items]
         todo = [p for p in prepared if p.error is None and p.key not in self.known]
         vectors = self._embed(todo)
@@ -86,7 +86,8 @@ class RayEmbedder:
     def _embed(self, todo: list[Prepared]) -> np.ndarray:
         if not todo:
             return np.zeros((0, self.session.manifest.dim), np.float32)
-        return self.session.run(self.pre.collate([p.array for p in todo]))
+        out = self.session.run(self.pre.collate([p.array for p in todo]))
+        return out[:, : self.session.manifest.dim]  # a published model adds its heads' scores
 
 
 def _init_ray(config: BatchExportConfig):
@@ -111,7 +112,7 @@ def export_with_ray(items: list[SourceItem], config: BatchExportConfig) -> Summa
     summary = Summary(total=len(items), dataset=cache.folder)
     writer = CacheWriter(cache, config.shard_rows)
     rows = [{"source": it.source, "label": it.label, "path": str(it.path) if it.path else None,
-             "text": it.text} for it in items]  # fmt: skip
+             "text": it.text, "error": it.error} for it in items]  # fmt: skip
     known = set(cache.keys)
     blocks = max(1, len(rows) // (config.batch_size * 8))
     dataset = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
@@ -122,6 +123,9 @@ def export_with_ray(items: list[SourceItem], config: BatchExportConfig) -> Summa
         concurrency=config.ray_actors,
         num_cpus=1,
     )
+    # Rows come back in input order, as on the other engines: the first copy of a duplicate
+    # keeps its label and source.
+    dataset.context.execution_options.preserve_order = True
     seen: set[str] = set()
     members: dict[str, tuple[str | None, str]] = {}
     try:

@@ -45,7 +45,10 @@ class EmbedderServer:
             return None
         if c.tls_cert is None or c.tls_key is None:
             raise EmbedderError("TLS needs both --tls-cert and --tls-key")
-        pair = (c.tls_key.read_bytes(), c.tls_cert.read_bytes())
+        try:
+            pair = (c.tls_key.read_bytes(), c.tls_cert.read_bytes())
+        except OSError as exc:
+            raise EmbedderError(f"cannot read the TLS key or certificate: {exc}") from exc
         return grpc.ssl_server_credentials([pair])
 
     async def start(self) -> int:
@@ -54,6 +57,7 @@ class EmbedderServer:
         options = [
             ("grpc.max_receive_message_length", c.max_message_bytes),
             ("grpc.max_send_message_length", c.max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a second server on a taken port fails, not shares it
         ]
         self.server = grpc.aio.server(interceptors=interceptors, options=options)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -64,10 +68,16 @@ class EmbedderServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         credentials = self._credentials()
-        if credentials:
-            self.port = self.server.add_secure_port(c.address, credentials)
-        else:
-            self.port = self.server.add_insecure_port(c.address)
+        try:
+            if credentials:
+                self.port = self.server.add_secure_port(c.address, credentials)
+            else:
+                self.port = self.server.add_insecure_port(c.address)
+        except RuntimeError as exc:  # grpc's "Failed to bind"
+            raise EmbedderError(
+                f"cannot listen on {c.address} ({exc}); is another server using the port? "
+                "pick another --address"
+            ) from exc
         await self.server.start()  # health answers NOT_SERVING while models load and warm up
         try:
             await self._load_and_warm()

@@ -228,9 +228,12 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         if n > self.config.max_items_per_request:
             limit = self.config.max_items_per_request
             raise InputError(f"{n} items, over the limit of {limit} per request; split it")
+        raw = [raw_item(i, item) for i, item in enumerate(items)]
+        for i, item in enumerate(raw):  # a wrong input is refused even when it is cached
+            model.preprocessor.check_modality(i, item)
         keys, hits = model.cache.find(items) if model.cache else ([], {})
         rows = [i for i in range(n) if i not in hits]
-        arrays = await self._preprocess(model, [items[i] for i in rows], rows)
+        arrays = await self._preprocess(model, [raw[i] for i in rows], rows)
         preprocess_ms = (time.monotonic() - started) * 1000
         stats = BatchStats(0.0, 0.0, 0)
         # With cache hits, computed rows go in between them (the cache serves head-less models,
@@ -287,11 +290,9 @@ class EmbedderService(pb_grpc.EmbedderServicer):
             heads=[head_result(h, m, result.outputs, request.top_k) for h in wanted],
         )  # fmt: skip
 
-    async def _preprocess(self, model: LoadedModel, items, indices: list[int]) -> list[np.ndarray]:
-        """Preprocess `items`; `indices` are their positions in the request, for error messages."""
-        raw = [raw_item(i, item) for i, item in zip(indices, items, strict=True)]
-        for i, item in zip(indices, raw, strict=True):
-            model.preprocessor.check_modality(i, item)
+    async def _preprocess(self, model: LoadedModel, raw: list[RawItem], indices: list[int]
+                          ) -> list[np.ndarray]:  # fmt: skip
+        """Preprocess `raw`; `indices` are their positions in the request, for error messages."""
         loop = asyncio.get_running_loop()
         pre = model.preprocessor
         if model.session.manifest.modality == "text":

@@ -27,6 +27,7 @@ class SourceItem:
     label: str | None
     path: Path | None = None  # image file to read
     text: str | None = None  # or the text itself
+    error: str | None = None  # or why this row holds nothing to embed
 
 
 def image_folder(root: str | Path, labels_from_folders: bool = False) -> Iterator[SourceItem]:
@@ -48,7 +49,7 @@ def image_folder(root: str | Path, labels_from_folders: bool = False) -> Iterato
 def path_list(list_file: str | Path) -> Iterator[SourceItem]:
     """A text file with one image path per line (relative paths: relative to the list file)."""
     list_file = Path(list_file)
-    for line in list_file.read_text(encoding="utf-8").splitlines():
+    for line in list_file.read_text(encoding="utf-8-sig").split("\n"):  # only \n ends a line
         if line.strip():
             path = Path(line.strip())
             path = path if path.is_absolute() else list_file.parent / path
@@ -56,17 +57,33 @@ def path_list(list_file: str | Path) -> Iterator[SourceItem]:
 
 
 def text_table(path: str | Path, text_column: str = "text", label_column: str | None = None):
-    """Texts from a CSV, JSONL or Parquet file; an empty or missing text becomes a failure."""
+    """Texts from a CSV, JSONL or Parquet file. A row without a usable text (empty, missing,
+    not UTF-8, not JSON) becomes a failed item; a file without the column is an error."""
     path = Path(path)
     rows = _read_rows(path, [c for c in (text_column, label_column) if c])
     for i, row in enumerate(rows):
+        source = f"{path.name}:{i}"
+        if isinstance(row, str):  # why the row could not be read
+            yield SourceItem(source, None, error=row)
+            continue
         label = row.get(label_column) if label_column else None
-        text = row.get(text_column)
-        yield SourceItem(f"{path.name}:{i}", None if label is None else str(label),
-                         text="" if text is None else str(text))  # fmt: skip
+        label = None if label is None else str(label)
+        if text_column not in row:
+            yield SourceItem(source, label, error=f"no {text_column!r} field")
+            continue
+        text = row[text_column]
+        if isinstance(text, bytes):  # a binary column: bytes that are not UTF-8 fail later
+            text = text.decode("utf-8", "surrogateescape")
+        if isinstance(text, dict | list):
+            yield SourceItem(source, label, error=f"{text_column!r} holds a {type(text).__name__}")
+        else:
+            yield SourceItem(source, label, text="" if text is None else str(text))
 
 
-def _read_rows(path: Path, columns: list[str]) -> Iterator[dict]:
+def _read_rows(path: Path, columns: list[str]) -> Iterator[dict | str]:
+    """Rows as dicts; a row that cannot be read as one yields the reason instead.
+    utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name;
+    surrogateescape: a line that is not UTF-8 becomes one failed item, not a failed run."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -75,20 +92,27 @@ def _read_rows(path: Path, columns: list[str]) -> Iterator[dict]:
         _check_columns(path, table.column_names, columns)
         yield from table.select(columns).to_pylist()
     elif suffix in (".jsonl", ".ndjson"):
-        # surrogateescape: a line that is not UTF-8 becomes one failed item, not a failed run
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise SourceError(f"{path}:{n}: not JSON ({exc})") from exc
-                    _check_columns(path, list(row), columns)
-                    yield row
+        with open(path, encoding="utf-8-sig", errors="surrogateescape") as f:
+            first = True
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield f"not JSON: {exc}"
+                    continue
+                if not isinstance(row, dict):
+                    yield f"a JSON {type(row).__name__}, not an object"
+                    continue
+                if first:  # a column the first object lacks is a typo, not a bad row
+                    _check_columns(path, list(row), columns[:1])
+                    first = False
+                yield row
     elif suffix in (".csv", ".tsv"):
         import csv
 
-        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
+        with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
             reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
             _check_columns(path, reader.fieldnames or [], columns)
             yield from reader

@@ -310,3 +310,66 @@ def test_rows_written_twice_by_two_writers_load_once(tiny_repo, images, tmp_path
     second_writer = EmbeddingCache(tmp_path / "c", CacheIdentity(**ident))
     second_writer.append(list(f.keys[:3]), f.X[:3], [None] * 3, [None] * 3)
     assert len(load_features(summary.dataset).keys) == 12
+
+
+def test_server_engine_splits_requests_by_bytes_and_fails_an_item_too_big(tiny_repo, tmp_path):
+    from server_helpers import running_server
+
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "noise"
+    folder.mkdir()
+    for i, side in enumerate((150, 150, 150, 150, 400)):  # noise PNGs: ~68 kB each, ~480 kB
+        pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    local = export_features(image_folder(folder), config(tiny_repo, tmp_path / "a"))
+    with running_server(tiny_repo, max_message_bytes=200_000) as server:
+        remote_config = BatchExportConfig(repo=tiny_repo, model="tiny_image", cache=tmp_path / "b",
+                                          engine="server", server=server.target, progress=False)  # fmt: skip
+        remote = export_features(image_folder(folder), remote_config)
+    assert (remote.embedded, remote.failed) == (4, 1)
+    [failure] = pq.read_table(next((remote.dataset / "failures").glob("*.parquet"))).to_pylist()
+    assert failure["source"].endswith("4.png")
+    assert failure["reason"].endswith("bytes, over the server's message limit of 200000")
+    local_rows, remote_rows = rows_by_key(local.dataset), rows_by_key(remote.dataset)
+    keep = np.isin(local_rows[0], remote_rows[0])
+    np.testing.assert_allclose(local_rows[1][keep], remote_rows[1], atol=1e-5)
+
+
+def test_a_file_that_cannot_be_read_is_recorded_once_over_reruns(tiny_repo, images, tmp_path):
+    from embedder.sources import path_list
+
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{images / 'cats' / '0.jpg'}\n{images / 'cats' / 'missing.png'}\n")
+    cfg = config(tiny_repo, tmp_path / "c")
+    for _ in range(3):
+        summary = export_features(path_list(listing), cfg)
+        assert (summary.failed, summary.embedded + summary.from_cache) == (1, 1)
+    failures = pq.ParquetDataset(sorted((summary.dataset / "failures").glob("*.parquet")))
+    [failure] = failures.read().to_pylist()
+    assert failure["source"].endswith("missing.png") and "cannot read file" in failure["reason"]
+
+
+def test_bad_rows_of_a_text_table_fail_alone(tiny_repo, tmp_path):
+    import pyarrow as pa
+
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text('{"text": "the cat sat"}\n{not json\n["a list"]\n{"label": "x"}\n'
+                     '{"text": ["a", "list"]}\n{"text": "a dog"}\n')  # fmt: skip
+    binary = tmp_path / "binary.parquet"
+    pq.write_table(pa.table({"text": pa.array([b"the cat sat", b"\xff\xfe bad"], pa.binary())}),
+                   binary)  # fmt: skip
+    reasons = {}
+    for source in (jsonl, binary):
+        cfg = BatchExportConfig(repo=tiny_repo, model="tiny_text", cache=tmp_path / "c",
+                                progress=False)  # fmt: skip
+        summary = export_features(text_table(source, "text"), cfg)
+        failures = pq.ParquetDataset(sorted((summary.dataset / "failures").glob("*.parquet")))
+        reasons |= {r["source"]: r["reason"] for r in failures.read().to_pylist()}
+    assert set(reasons) == {"rows.jsonl:1", "rows.jsonl:2", "rows.jsonl:3", "rows.jsonl:4",
+                            "binary.parquet:1"}  # fmt: skip
+    assert reasons["rows.jsonl:1"].startswith("not JSON")
+    assert reasons["rows.jsonl:2"] == "a JSON list, not an object"
+    assert reasons["rows.jsonl:3"] == "no 'text' field"
+    assert reasons["binary.parquet:1"] == "not valid UTF-8"
+    # the binary column's good row is the same text, hence the same key, as the JSONL's first
+    assert summary.from_cache == 1 and summary.embedded == 0

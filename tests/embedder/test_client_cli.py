@@ -9,6 +9,7 @@ from PIL import Image
 
 from embedder.cli import client_main
 from embedder.client import AsyncEmbedderClient, EmbedderClient
+from protos.embedder.v1 import embedder_pb2 as pb
 
 
 def _write_images(folder, n=3):
@@ -73,3 +74,28 @@ def test_async_client_matches_sync(tiny_server):
     with EmbedderClient(tiny_server.target) as c:
         np.testing.assert_allclose(image, c.embed_images("tiny_image", [buf.getvalue()]), atol=1e-6)
         np.testing.assert_allclose(text, c.embed_texts("tiny_text", ["dog"]), atol=1e-6)
+
+
+def test_clients_split_long_inputs_into_requests_the_server_takes(tiny_server):
+    texts = [f"sentence number {i}" for i in range(300)]  # over 256 items per request
+
+    async def main():
+        async with AsyncEmbedderClient(tiny_server.target) as c:
+            return await c.embed_texts("tiny_text", texts)
+
+    on_async = asyncio.run(main())
+    with EmbedderClient(tiny_server.target) as c:
+        on_sync = c.embed_texts("tiny_text", texts, batch_size=100)
+        alone = c.embed_texts("tiny_text", texts[-1:])
+    assert on_async.shape == on_sync.shape == (300, 32)
+    np.testing.assert_allclose(on_async, on_sync, atol=1e-6)
+    np.testing.assert_allclose(on_sync[-1:], alone, atol=1e-6)
+
+
+def test_request_chunks_respect_items_and_bytes():
+    from embedder.client import request_chunks
+
+    items = [pb.Item(image=b"x" * n) for n in (40_000, 40_000, 40_000, 200_000, 10)]
+    assert list(request_chunks(items, 2, 1 << 20)) == [[0, 1], [2, 3], [4]]
+    # 100 kB messages: two 40 kB items fit, a 200 kB item goes alone (the server refuses it)
+    assert list(request_chunks(items, 8, 100_000)) == [[0, 1], [2], [3], [4]]

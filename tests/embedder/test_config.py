@@ -36,3 +36,31 @@ def test_command_lines_report_a_bad_setting_without_a_traceback(tmp_path, capsys
     args = ["export", "--images", str(tmp_path), "--cache", str(tmp_path), "--batch-size", "0"]
     assert features_main(args) == 2
     assert "batch_size must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, complaint",
+    [
+        (["--paths", "list.txt", "--labels-from-folders"], "--labels-from-folders needs --images"),
+        (["--images", "photos", "--label-column", "topic"], "--label-column need --texts"),
+        (["--paths", "list.txt", "--text-column", "body"], "--label-column need --texts"),
+    ],
+)
+def test_export_refuses_flags_that_its_input_would_ignore(flags, complaint, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        features_main(["export", *flags])
+    assert exit_.value.code == 2 and complaint in capsys.readouterr().err
+
+
+def test_serve_reports_a_taken_port_and_unreadable_tls_files(tiny_repo, tmp_path, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        assert serve_main(["--repo", str(tiny_repo), "--address", address]) == 2
+    assert f"cannot listen on {address}" in capsys.readouterr().err
+    missing = ["--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")]
+    assert serve_main(["--repo", str(tiny_repo), "--address", "127.0.0.1:0", *missing]) == 2
+    assert "cannot read the TLS key or certificate" in capsys.readouterr().err

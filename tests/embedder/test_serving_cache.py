@@ -74,3 +74,19 @@ def test_errors_name_the_request_index_when_earlier_items_hit_the_cache(tiny_rep
         with pytest.raises(grpc.RpcError) as err:
             c.embed(embed_request("tiny_image", items))
     assert err.value.details().startswith("item 2: cannot decode image")
+
+
+def test_a_wrong_input_is_refused_even_when_its_bytes_are_cached(tiny_repo, tmp_path):
+    import grpc
+    import pytest
+
+    with (
+        running_server(tiny_repo, cache=tmp_path / "cache") as server,
+        EmbedderClient(server.target) as c,
+    ):
+        c.embed(embed_request("tiny_text", [pb.Item(text="the cat sat")]))
+        # Image bytes equal to a cached text's UTF-8 bytes have that text's cache key.
+        with pytest.raises(grpc.RpcError) as err:
+            c.embed(embed_request("tiny_text", [pb.Item(image=b"the cat sat")]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "item 0: image sent to text model 'tiny_text'; send text"

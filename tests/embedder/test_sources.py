@@ -37,3 +37,23 @@ def test_sources_are_written_as_the_folder_was_given(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert [i.source for i in image_folder(".")] == ["cat/a.jpg"]
     assert [i.source for i in image_folder("cat/")] == ["cat/a.jpg"]
+
+
+def test_text_tables_read_a_byte_order_mark_and_refuse_a_missing_column(tmp_path):
+    from embedder.sources import text_table
+
+    csv = tmp_path / "excel.csv"
+    csv.write_bytes("\ufefftext,label\nthe cat,pets\n".encode())  # Excel's "CSV UTF-8"
+    assert [(i.text, i.label) for i in text_table(csv, "text", "label")] == [("the cat", "pets")]
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text('{"body": "the cat"}\n')
+    with pytest.raises(SourceError, match="no column 'text'; columns: body"):
+        list(text_table(jsonl, "text"))
+
+
+def test_path_lists_split_on_newlines_only(tmp_path):
+    from embedder.sources import path_list
+
+    listing = tmp_path / "list.txt"
+    listing.write_text("a\u2028b.jpg\r\nc.jpg\n\n")
+    assert [i.path.name for i in path_list(listing)] == ["a\u2028b.jpg", "c.jpg"]

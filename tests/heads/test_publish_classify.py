@@ -160,3 +160,21 @@ def test_publish_cli(tiny_repo, trained, tmp_path, capsys):
     assert heads_main(argv) == 2 and "--overwrite" in capsys.readouterr().err
     assert heads_main([*argv[:3], "--head", "no-equals-sign", *argv[5:]]) == 2
     assert "NAME=FOLDER" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("engine", ["local", pytest.param("ray", marks=pytest.mark.distributed)])
+def test_batch_export_of_a_published_model_writes_its_backbone_features(
+    tiny_repo, trained, tmp_path, engine
+):
+    if engine == "ray":
+        pytest.importorskip("ray")
+    root, dataset, heads = trained
+    repo = tmp_path / "models"
+    publish(tiny_repo / "tiny_image" / "1", {"colour": heads["logreg"]}, repo, "tiny_colours")
+    config = BatchExportConfig(repo=repo, model="tiny_colours", cache=tmp_path / "cache",
+                               progress=False, engine=engine)  # fmt: skip
+    summary = export_features(image_folder(root / "images", True), config)
+    published, backbone = load_features(summary.dataset), load_features(dataset)
+    assert published.X.shape == backbone.X.shape == (36, 24)  # features only, no head scores
+    order_p, order_b = np.argsort(published.sources), np.argsort(backbone.sources)
+    np.testing.assert_allclose(published.X[order_p], backbone.X[order_b], atol=1e-5)
