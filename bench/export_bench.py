@@ -2,10 +2,10 @@
 
     python bench/export_bench.py --repo models --images 1024 --models mobilenet_v2 dinov2_small
 
-Ceiling: in-process onnxruntime on images already decoded to pixels (batch 32; one run with all
-cores or two with half each, the better), session opened and warmed beforehand. Cold export:
-`export_features` on the same images as JPEG files (decode in worker threads, overlapped with
-inference), timed whole (model loading included) and in steady state: a second cold export of an
+Ceiling: in-process onnxruntime on images already decoded to pixels, the best rate over batch
+sizes 1-32, run one at a time with all cores or two side by side with half each; sessions opened
+and warmed beforehand. Cold export: `export_features` with its defaults on the same images as JPEG
+files (decode in worker threads, overlapped with inference), timed whole (model loading included) and in steady state: a second cold export of an
 eighth of the images gives the fixed cost, which the difference of the two removes. Then the CPU
 per image of inference and of preprocessing alone, and the bound they set on two busy cores.
 For the first model: the same export again, all cached (three times, the median counts); Ray
@@ -68,25 +68,44 @@ def _timed(fn) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def ceiling(config: BatchExportConfig, paths: list[Path]) -> tuple[float, float]:
-    """The best in-process rate on decoded pixels, and its CPU ms per image: one run at a time
-    with every core, or two side by side with half the cores each (what the export does)."""
-    best, batches = (0.0, 0.0), None
+BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+
+
+def ceiling(config: BatchExportConfig, paths: list[Path], seconds: float) -> dict:
+    """The best in-process rate on decoded pixels over batch sizes, run one at a time with
+    every core or two side by side with half the cores each; with its CPU ms per image."""
+    best: dict = {"rate": 0.0}
+    pixels = None
     for streams in (1, 2):
         session = open_model(replace(config, inference_streams=streams))
-        if batches is None:  # decoded once, for both
-            cfg, size = session.manifest.preprocess, config.batch_size
+        if pixels is None:  # decoded once
+            cfg = session.manifest.preprocess
             pixels = np.stack([preprocess_image_bytes(p.read_bytes(), cfg) for p in paths])
-            batches = [pixels[i : i + size] for i in range(0, len(pixels), size)]
-        session.run({"pixels": batches[0]})  # warm
-
-        def run_all(session=session, batches=batches, streams=streams) -> None:
-            with ThreadPoolExecutor(streams) as pool:
-                list(pool.map(lambda b: session.run({"pixels": b}), batches))
-
-        wall, cpu = _timed(run_all)
-        best = max(best, (len(paths) / wall, 1000 * cpu / len(paths)))
+        for size in BATCH_SIZES:
+            rate, cpu_ms = _run_for(session, pixels, size, streams, seconds)
+            if rate > best["rate"]:
+                best = {"rate": rate, "cpu_ms": cpu_ms, "streams": streams, "batch": size}
     return best
+
+
+def _run_for(session, pixels: np.ndarray, size: int, streams: int, seconds: float):
+    """(items/s, CPU ms per item) of `streams` callers running batches of `size` in turn
+    for about `seconds` (at least two batches each)."""
+    batches = [pixels[i : i + size] for i in range(0, len(pixels) - size + 1, size)]
+    session.run({"pixels": batches[0]})  # warm
+    deadline = time.perf_counter() + seconds
+
+    def caller(first: int) -> int:
+        done, i = 0, first
+        while done < 2 * size or time.perf_counter() < deadline:
+            session.run({"pixels": batches[i % len(batches)]})
+            done, i = done + size, i + streams
+        return done
+
+    counts = []
+    with ThreadPoolExecutor(streams) as pool:
+        wall, cpu = _timed(lambda: counts.extend(pool.map(caller, range(streams))))
+    return sum(counts) / wall, 1000 * cpu / sum(counts)
 
 
 def preprocessing_ms(config: BatchExportConfig, paths: list[Path]) -> float:
@@ -140,6 +159,7 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["mobilenet_v2"])
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--decode-workers", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=3.0, help="per ceiling cell")
     p.add_argument("--no-ray", action="store_true")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="export-bench-"))
@@ -153,12 +173,14 @@ def main() -> None:
         print("| model | ceiling items/s | cold export items/s | vs ceiling | steady state "
               "items/s | vs ceiling | fixed cost s | CPU bound vs ceiling |")  # fmt: skip
         print("|---|---|---|---|---|---|---|---|")
-        notes, colds = [], {}
+        notes, colds, winners = [], {}, []
         for name in args.models:
             base = dict(repo=args.repo, model=name, progress=False,
                         decode_workers=args.decode_workers)  # fmt: skip
             config = BatchExportConfig(cache=work / f"cache-{name}", **base)
-            top, inference_ms = ceiling(config, paths)
+            best = ceiling(config, paths, args.seconds)
+            top, inference_ms = best["rate"], best["cpu_ms"]
+            winners.append(f"{name} {best['streams']} x batch {best['batch']}")
             prep_ms = preprocessing_ms(config, paths)
             cold = colds[name] = cold_export(items, config, work / f"part-{name}")
             whole = cold["summary"].embedded / cold["seconds"]
@@ -169,7 +191,8 @@ def main() -> None:
             notes.append(f"{name}: inference {inference_ms:.2f} ms (ceiling run), read + hash + "
                          f"decode + resize {prep_ms:.2f} ms (one thread), whole cold export "
                          f"{cold['cpu_ms']:.2f} ms")  # fmt: skip
-        print("\nCPU per image: " + "; ".join(notes) + ".")
+        print("\nCeiling (streams x batch size): " + ", ".join(winners) + ".")
+        print("CPU per image: " + "; ".join(notes) + ".")
         print(f"CPU bound: {cores} cores / (inference + preprocessing) per image.\n")
 
         name = args.models[0]  # its cache is full now

@@ -32,7 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--server", help="host:port of embedder-serve (engine server)")
     e.add_argument("--ray-address", help="Ray cluster address (engine ray; default: local Ray)")
     e.add_argument("--ray-actors", type=int, default=d.ray_actors)
-    e.add_argument("--batch-size", type=int, default=d.batch_size)
+    e.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help="items per inference batch (default: 4 for images on a CPU, 32 for text, 64 on GPU)",
+    )
     e.add_argument("--decode-workers", type=int, default=d.decode_workers)
     e.add_argument("--shard-rows", type=int, default=d.shard_rows)
     e.add_argument("--provider", default=d.provider, choices=("auto", "cpu", "cuda", "tensorrt"))

@@ -23,6 +23,7 @@ from .batch_export import (
     Summary,
     _model_folder,
     _progress,
+    batch_size_for,
     identity_for,
     make_preparer,
     open_model,
@@ -107,18 +108,20 @@ def export_with_ray(items: list[SourceItem], config: BatchExportConfig) -> Summa
     started = time.perf_counter()
     ray = _init_ray(config)
     # Known without loading the model; each actor checks its session against it.
-    identity = planned_identity(Manifest.read(_model_folder(config)), config.provider)
+    manifest = Manifest.read(_model_folder(config))
+    identity = planned_identity(manifest, config.provider)
+    batch_size = batch_size_for(config, manifest)
     cache = EmbeddingCache(config.cache, identity)
     summary = Summary(total=len(items), dataset=cache.folder)
     writer = CacheWriter(cache, config.shard_rows)
     rows = [{"source": it.source, "label": it.label, "path": str(it.path) if it.path else None,
              "text": it.text, "error": it.error} for it in items]  # fmt: skip
     known = set(cache.keys)
-    blocks = max(1, len(rows) // (config.batch_size * 8))
+    blocks = max(1, len(rows) // max(256, batch_size * 8))
     dataset = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
         RayEmbedder,
         fn_constructor_kwargs={"config": config, "known": known, "identity": identity},
-        batch_size=config.batch_size,
+        batch_size=batch_size,
         batch_format="pyarrow",
         concurrency=config.ray_actors,
         num_cpus=1,

@@ -373,3 +373,16 @@ def test_bad_rows_of_a_text_table_fail_alone(tiny_repo, tmp_path):
     assert reasons["binary.parquet:1"] == "not valid UTF-8"
     # the binary column's good row is the same text, hence the same key, as the JSONL's first
     assert summary.from_cache == 1 and summary.embedded == 0
+
+
+def test_default_batch_size_follows_the_model_and_engine(tiny_repo, tmp_path):
+    from embedder.batch_export import batch_size_for
+
+    def size(model, **kw):
+        manifest = Manifest.read(tiny_repo / model / "1")
+        cfg = BatchExportConfig(repo=tiny_repo, model=model, cache=tmp_path, provider="cpu", **kw)
+        return batch_size_for(cfg, manifest)
+
+    assert (size("tiny_image"), size("tiny_text")) == (4, 32)  # measured fastest on a CPU
+    assert size("tiny_image", engine="server", server="x:1") == 32  # items per request
+    assert size("tiny_image", batch_size=7) == 7
