@@ -3,7 +3,7 @@
     python bench/export_bench.py --repo models --images 1024 --models mobilenet_v2 dinov2_small
 
 Ceiling: in-process onnxruntime on images already decoded to pixels, the best rate over batch
-sizes 1-32, run one at a time with all cores or two side by side with half each; sessions opened
+sizes 1-32, run one at a time with all cores, two side by side with half each, or one per core; sessions opened
 and warmed beforehand. Cold export: `export_features` with its defaults on the same images as JPEG
 files (decode in worker threads, overlapped with inference), timed whole (model loading included) and in steady state: a second cold export of an
 eighth of the images gives the fixed cost, which the difference of the two removes. Then the CPU
@@ -76,8 +76,9 @@ def ceiling(config: BatchExportConfig, paths: list[Path], seconds: float) -> dic
     every core or two side by side with half the cores each; with its CPU ms per image."""
     best: dict = {"rate": 0.0}
     pixels = None
-    for streams in (1, 2):
-        session = open_model(replace(config, inference_streams=streams))
+    cores = os.cpu_count() or 1
+    for streams in sorted({1, 2, cores}):
+        session = open_model(replace(config, intra_op_threads=max(1, cores // streams)))
         if pixels is None:  # decoded once
             cfg = session.manifest.preprocess
             pixels = np.stack([preprocess_image_bytes(p.read_bytes(), cfg) for p in paths])
@@ -158,7 +159,6 @@ def main() -> None:
     p.add_argument("--repo", type=Path, default=Path("models"))
     p.add_argument("--models", nargs="+", default=["mobilenet_v2"])
     p.add_argument("--images", type=int, default=512)
-    p.add_argument("--decode-workers", type=int, default=2)
     p.add_argument("--seconds", type=float, default=3.0, help="per ceiling cell")
     p.add_argument("--no-ray", action="store_true")
     args = p.parse_args()
@@ -175,8 +175,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|")
         notes, colds, winners = [], {}, []
         for name in args.models:
-            base = dict(repo=args.repo, model=name, progress=False,
-                        decode_workers=args.decode_workers)  # fmt: skip
+            base = dict(repo=args.repo, model=name, progress=False)
             config = BatchExportConfig(cache=work / f"cache-{name}", **base)
             best = ceiling(config, paths, args.seconds)
             top, inference_ms = best["rate"], best["cpu_ms"]

@@ -1,10 +1,11 @@
 """Batch feature export: embed a whole dataset with one model into the embedding cache.
 
-Engines: `local` (an onnxruntime session in this process; decoding and tokenising in a thread
-pool that runs ahead of inference), `server` (a running embedder-serve does the work), `ray`
-(Ray Data, one session per actor; see ray_engine.py). All three share the reading, hashing,
-deduplication, failure handling and cache writing here, so a kill -9 at any moment and a rerun
-end with the rows of a clean run; one bad item (corrupt image, text too long) fails alone.
+Engines: `local` (an onnxruntime session in this process; one pool of worker threads reads,
+decodes or tokenises ahead and runs the inference batches, one onnxruntime thread each),
+`server` (a running embedder-serve does the work), `ray` (Ray Data, one session per actor; see
+ray_engine.py). All three share the reading, hashing, deduplication, failure handling and cache
+writing here, so a kill -9 at any moment and a rerun end with the rows of a clean run; one bad
+item (corrupt image, text too long) fails alone.
 """
 
 from __future__ import annotations
@@ -44,12 +45,13 @@ class BatchExportConfig:
     cache: Path = Path("cache")
     engine: Engine = "local"
     server: str | None = None  # host:port for engine="server"
-    batch_size: int = 0  # 0: what suits the model and provider (default_batch_size)
-    decode_workers: int = 2
-    # Batches run side by side, each on its share of the cores: on a small machine that keeps
-    # inference going while decode threads take a core, where one 2-thread run would stall.
-    inference_streams: int = 2
-    intra_op_threads: int = 0  # 0: the cores divided among the streams
+    batch_size: int = 0  # 0: what suits the model and provider (batch_size_for)
+    # One pool of `workers` threads (0: one per core this process may use) reads and decodes
+    # chunks of items and runs inference batches, whichever is next: never more busy threads
+    # than cores. Batches run side by side with `intra_op_threads` each (0: every core), which
+    # measured faster on a CPU than one batch at a time on all cores.
+    workers: int = 0
+    intra_op_threads: int = 1
     shard_rows: int = 2048  # rows per Parquet shard: the most a kill can cost
     provider: Provider = "auto"
     max_image_pixels: int = DEFAULT_MAX_PIXELS
@@ -59,9 +61,8 @@ class BatchExportConfig:
     run_name: str = "run"  # the dataset's name in the cache's runs/ folder
 
     def __post_init__(self) -> None:
-        check_ranges(self, at_least_one=("decode_workers", "inference_streams", "shard_rows",
-                                         "ray_actors", "max_image_pixels"),
-                     not_negative=("batch_size", "intra_op_threads"))  # fmt: skip
+        check_ranges(self, at_least_one=("shard_rows", "ray_actors", "max_image_pixels"),
+                     not_negative=("batch_size", "workers", "intra_op_threads"))  # fmt: skip
 
 
 @dataclass
@@ -96,7 +97,7 @@ class Prepared:
 
 def open_model(config: BatchExportConfig) -> ModelSession:
     server_config = ServerConfig(
-        repository=config.repo, provider=config.provider, intra_op_threads=_threads(config)
+        repository=config.repo, provider=config.provider, intra_op_threads=config.intra_op_threads
     )
     folder = _model_folder(config)
     manifest = Manifest.read(folder)
@@ -104,13 +105,11 @@ def open_model(config: BatchExportConfig) -> ModelSession:
     return open_session(folder, manifest, server_config)
 
 
-def _threads(config: BatchExportConfig) -> int:
-    """onnxruntime threads for the one session the streams share: each run has its caller's
-    thread plus the shared pool, so streams + pool = the cores this process may use."""
-    if config.intra_op_threads or config.inference_streams == 1:
-        return config.intra_op_threads  # 0: onnxruntime's own default
+def worker_count(config: BatchExportConfig) -> int:
+    if config.workers:
+        return config.workers
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) - config.inference_streams + 1)
+    return cores or 1
 
 
 def _on_gpu(provider: Provider) -> bool:
@@ -238,19 +237,19 @@ def _progress(total: int, enabled: bool):
 
 
 def prepare_stream(items: list[SourceItem], prepare: Callable[[SourceItem], Prepared],
-                   workers: int, ahead: int, chunk: int = 8) -> Iterator[Prepared]:  # fmt: skip
-    """`prepare` on a thread pool, results in input order, at most about `ahead` items in
-    flight. Items go to the pool `chunk` at a time: a hand-off per item would cost about as
-    much as reading and hashing a cached one."""
-    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
-        window: deque[Future] = deque()
-        for start in range(0, len(items), chunk):
-            window.append(pool.submit(lambda part: [prepare(i) for i in part],
-                                      items[start : start + chunk]))  # fmt: skip
-            if len(window) * chunk >= ahead:
-                yield from window.popleft().result()
-        for future in window:
-            yield from future.result()
+                   pool: ThreadPoolExecutor, ahead: int, chunk: int = 8,
+                   ) -> Iterator[Prepared]:  # fmt: skip
+    """`prepare` on `pool`, results in input order, at most about `ahead` items in flight.
+    Items go to the pool `chunk` at a time: a hand-off per item would cost about as much as
+    reading and hashing a cached one."""
+    window: deque[Future] = deque()
+    for start in range(0, len(items), chunk):
+        window.append(pool.submit(lambda part: [prepare(i) for i in part],
+                                  items[start : start + chunk]))  # fmt: skip
+        if len(window) * chunk >= ahead:
+            yield from window.popleft().result()
+    for future in window:
+        yield from future.result()
 
 
 def export_features(items: Iterable[SourceItem], config: BatchExportConfig) -> Summary:
@@ -281,17 +280,16 @@ def export_features(items: Iterable[SourceItem], config: BatchExportConfig) -> S
             embed = _local_embedder(LazySession(config, identity), pre)
         else:
             embed = _server_embedder(config, manifest, max_bytes, stack)
-        batch_size = batch_size_for(config, manifest)
-        stream = prepare_stream(items, prepare, config.decode_workers, max(64, batch_size * 4))
-        # Inference runs in its own threads, so it never waits on this loop; results are
-        # recorded in input order.
-        streams = config.inference_streams
-        infer = stack.enter_context(ThreadPoolExecutor(streams, thread_name_prefix="infer"))
+        batch_size, workers = batch_size_for(config, manifest), worker_count(config)
+        # Decoding and inference share the workers, so they never fight over a core; this
+        # loop only deduplicates and records results, in input order.
+        pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="export"))
+        stream = prepare_stream(items, prepare, pool, max(64, batch_size * 4))
         in_flight: list[tuple[list[Prepared], Future]] = []
 
         def submit(batch: list[Prepared]) -> None:
-            in_flight.append((batch, infer.submit(embed, batch)))
-            while len(in_flight) > streams or (in_flight and in_flight[0][1].done()):
+            in_flight.append((batch, pool.submit(embed, batch)))
+            while len(in_flight) > workers or (in_flight and in_flight[0][1].done()):
                 done_batch, future = in_flight.pop(0)
                 _record_batch(done_batch, future.result(), writer, summary, members)
 

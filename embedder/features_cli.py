@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.batch_size,
         help="items per inference batch (default: 4 for images on a CPU, 32 for text, 64 on GPU)",
     )
-    e.add_argument("--decode-workers", type=int, default=d.decode_workers)
+    e.add_argument("--workers", type=int, default=d.workers,
+                   help="threads that decode and run inference (0: one per core)")  # fmt: skip
     e.add_argument("--shard-rows", type=int, default=d.shard_rows)
     e.add_argument("--provider", default=d.provider, choices=("auto", "cpu", "cuda", "tensorrt"))
     e.add_argument("--name", help="dataset name for runs/<name>.parquet (default: input's name)")
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         config = BatchExportConfig(
             repo=args.repo, model=args.model, version=args.version, cache=args.cache,
             engine=args.engine, server=args.server, batch_size=args.batch_size,
-            decode_workers=args.decode_workers, shard_rows=args.shard_rows,
+            workers=args.workers, shard_rows=args.shard_rows,
             provider=args.provider, ray_address=args.ray_address, ray_actors=args.ray_actors,
             progress=not args.no_progress, run_name=args.name or _default_name(args),
         )  # fmt: skip

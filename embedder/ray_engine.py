@@ -43,7 +43,7 @@ class RayEmbedder:
 
     def __init__(self, config: BatchExportConfig, known: set[str], identity: CacheIdentity):
         threads = config.intra_op_threads or 1  # an actor holds one CPU
-        self.session = open_model(replace(config, inference_streams=1, intra_op_threads=threads))
+        self.session = open_model(replace(config, intra_op_threads=threads))
         if identity_for(self.session) != identity:  # e.g. a GPU node would write fp16 rows
             raise EmbedderError(
                 f"actor session runs {self.session.precision} on {self.session.providers}, "

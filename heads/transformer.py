@@ -80,7 +80,7 @@ class Embeddings(TransformerMixin, BaseEstimator):
         if getattr(self, "_session", None) is None:
             # One caller: its runs get all the cores.
             config = BatchExportConfig(
-                repo=Path(self.repo), model=self.model, version=self.version, inference_streams=1
+                repo=Path(self.repo), model=self.model, version=self.version, intra_op_threads=0
             )
             self._session = open_model(config)
             self._preprocessor = Preprocessor(self._session.manifest, self._session.folder)

@@ -160,7 +160,7 @@ def test_kill_9_then_resume_equals_a_clean_run(tiny_repo, tmp_path):
     killed_cache, clean_cache = tmp_path / "killed", tmp_path / "clean"
     cmd = [sys.executable, "-m", "embedder.features_cli", "export", "--images", str(images),
            "--repo", str(tiny_repo), "--model", "tiny_image", "--cache", str(killed_cache),
-           "--batch-size", "4", "--shard-rows", "8", "--decode-workers", "1", "--no-progress"]  # fmt: skip
+           "--batch-size", "4", "--shard-rows", "8", "--workers", "1", "--no-progress"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(list(killed_cache.rglob("shard-*.parquet"))) < 3:

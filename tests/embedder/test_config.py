@@ -20,9 +20,9 @@ from embedder.features_cli import main as features_main
         (BatchingConfig, {"returning_wait_ms": math.nan}),
         (ServerConfig, {"preprocess_threads": 0}),
         (ServerConfig, {"intra_op_threads": -1}),
-        (BatchExportConfig, {"inference_streams": 0}),
-        (BatchExportConfig, {"batch_size": 0}),
-        (BatchExportConfig, {"decode_workers": 0}),
+        (BatchExportConfig, {"workers": -1}),
+        (BatchExportConfig, {"batch_size": -1}),
+        (BatchExportConfig, {"intra_op_threads": -1}),
     ],
 )
 def test_out_of_range_settings_are_refused(config, setting):
@@ -33,9 +33,9 @@ def test_out_of_range_settings_are_refused(config, setting):
 def test_command_lines_report_a_bad_setting_without_a_traceback(tmp_path, capsys):
     assert serve_main(["--repo", str(tmp_path), "--max-batch-size", "0"]) == 2
     assert "max_batch_size must be at least 1" in capsys.readouterr().err
-    args = ["export", "--images", str(tmp_path), "--cache", str(tmp_path), "--batch-size", "0"]
+    args = ["export", "--images", str(tmp_path), "--cache", str(tmp_path), "--batch-size", "-1"]
     assert features_main(args) == 2
-    assert "batch_size must be at least 1" in capsys.readouterr().err
+    assert "batch_size must be 0 or more" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
