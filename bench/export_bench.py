@@ -82,7 +82,7 @@ def ceiling(config: BatchExportConfig, paths: list[Path], seconds: float) -> dic
         if pixels is None:  # decoded once
             cfg = session.manifest.preprocess
             pixels = np.stack([preprocess_image_bytes(p.read_bytes(), cfg) for p in paths])
-        for size in BATCH_SIZES:
+        for size in (s for s in BATCH_SIZES if s <= len(paths)):
             rate, cpu_ms = _run_for(session, pixels, size, streams, seconds)
             if rate > best["rate"]:
                 best = {"rate": rate, "cpu_ms": cpu_ms, "streams": streams, "batch": size}

@@ -24,6 +24,8 @@ from typing import Literal
 
 import numpy as np
 
+from protos.embedder.v1 import embedder_pb2 as pb
+
 from .cache import CacheIdentity, EmbeddingCache, content_key, failure_id
 from .config import Provider, ServerConfig, check_ranges
 from .errors import EmbedderError, InputError
@@ -144,6 +146,7 @@ class LazySession:
     def __init__(self, config: BatchExportConfig, identity: CacheIdentity):
         self.config, self.identity = config, identity
         self._session: ModelSession | None = None
+        self._failure: Exception | None = None
         self._lock = threading.Lock()
 
     def get(self) -> ModelSession:
@@ -151,13 +154,20 @@ class LazySession:
             return self._open()
 
     def _open(self) -> ModelSession:
+        if self._failure is not None:  # the batches queued behind a failed load fail at once
+            raise self._failure
         if self._session is None:
-            self._session = open_model(self.config)
-            if identity_for(self._session) != self.identity:  # e.g. CUDA fell back to CPU
-                raise EmbedderError(
-                    f"{self.config.model}: the session runs {self._session.precision} on "
-                    f"{self._session.providers}, not the file this cache was opened for"
-                )
+            try:
+                session = open_model(self.config)
+                if identity_for(session) != self.identity:  # e.g. CUDA fell back to CPU
+                    raise EmbedderError(
+                        f"{self.config.model}: the session runs {session.precision} on "
+                        f"{session.providers}, not the file this cache was opened for"
+                    )
+            except Exception as exc:
+                self._failure = exc
+                raise
+            self._session = session
         return self._session
 
 
@@ -265,7 +275,7 @@ def export_features(items: Iterable[SourceItem], config: BatchExportConfig) -> S
         manifest = Manifest.read(folder)
         identity = planned_identity(manifest, config.provider)
     else:
-        manifest, identity, max_bytes = _server_model(config)
+        manifest, identity, limits = _server_model(config)
     cache = EmbeddingCache(config.cache, identity)
     summary = Summary(total=len(items), dataset=cache.folder)
     writer = CacheWriter(cache, config.shard_rows)
@@ -279,17 +289,20 @@ def export_features(items: Iterable[SourceItem], config: BatchExportConfig) -> S
         if pre is not None:
             embed = _local_embedder(LazySession(config, identity), pre)
         else:
-            embed = _server_embedder(config, manifest, max_bytes, stack)
+            embed = _server_embedder(config, manifest, limits, stack)
         batch_size, workers = batch_size_for(config, manifest), worker_count(config)
         # Decoding and inference share the workers, so they never fight over a core; this
         # loop only deduplicates and records results, in input order.
-        pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="export"))
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="export")
+        stack.callback(pool.shutdown, cancel_futures=True)  # a failed run leaves nothing queued
         stream = prepare_stream(items, prepare, pool, max(64, batch_size * 4))
         in_flight: list[tuple[list[Prepared], Future]] = []
+        # On a GPU the batches are large and the device runs them one after another anyway.
+        slots = 2 if pre is not None and _on_gpu(config.provider) else workers
 
         def submit(batch: list[Prepared]) -> None:
             in_flight.append((batch, pool.submit(embed, batch)))
-            while len(in_flight) > workers or (in_flight and in_flight[0][1].done()):
+            while len(in_flight) > slots or (in_flight and in_flight[0][1].done()):
                 done_batch, future = in_flight.pop(0)
                 _record_batch(done_batch, future.result(), writer, summary, members)
 
@@ -372,16 +385,14 @@ def _local_embedder(lazy: LazySession, pre: Preprocessor):
 _ITEM = re.compile(r"^item (\d+): ")
 
 
-def _server_embedder(config: BatchExportConfig, manifest: Manifest, max_bytes: int,
-                     stack: ExitStack):  # fmt: skip
-    """Sends raw bytes / texts in requests that fit the server's message limit; an item the
-    server rejects (or one too big for any request) is recorded and the rest resent."""
+def _server_embedder(config: BatchExportConfig, manifest: Manifest, limits, stack: ExitStack):
+    """Sends raw bytes / texts in requests within the server's `limits` (items and bytes); an
+    item the server rejects (or one too big for any request) is recorded and the rest resent."""
     import grpc
-
-    from protos.embedder.v1 import embedder_pb2 as pb
 
     from .client import EmbedderClient, embed_request, request_chunks
 
+    max_bytes, max_items = limits.max_message_bytes, limits.max_items_per_request
     client = stack.enter_context(EmbedderClient(config.server, max_message_bytes=max_bytes))
     kind = "text" if manifest.modality == "text" else "image"
 
@@ -409,19 +420,16 @@ def _server_embedder(config: BatchExportConfig, manifest: Manifest, max_bytes: i
         items = [pb.Item(**{kind: p.raw}) for p in batch]
         failures: list[tuple[int, str]] = []
         parts = [send(items, chunk, failures)
-                 for chunk in request_chunks(items, batch_size_for(config, manifest),
-                                             max_bytes)]  # fmt: skip
+                 for chunk in request_chunks(items, max_items, max_bytes)]  # fmt: skip
         return np.concatenate(parts), failures
 
     return embed
 
 
-def _server_model(config: BatchExportConfig) -> tuple[Manifest, CacheIdentity, int]:
+def _server_model(config: BatchExportConfig) -> tuple[Manifest, CacheIdentity, pb.BatchingLimits]:
     """The served model's manifest, the cache identity of the file the server runs, and the
-    largest message the server takes."""
+    limits of the server's requests."""
     import json
-
-    from protos.embedder.v1 import embedder_pb2 as pb
 
     from .client import EmbedderClient
 
@@ -431,4 +439,4 @@ def _server_model(config: BatchExportConfig) -> tuple[Manifest, CacheIdentity, i
         info = client.stub.GetModel(pb.GetModelRequest(model=config.model, version=config.version))
     manifest = Manifest.from_dict(json.loads(info.manifest_json))
     identity = CacheIdentity.of(manifest, manifest.file_sha256(info.precision))
-    return manifest, identity, info.batching.max_message_bytes
+    return manifest, identity, info.batching

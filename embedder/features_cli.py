@@ -57,6 +57,8 @@ def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("--labels-from-folders needs --images (a folder with a sub-folder per class)")
     if not args.texts and (args.label_column or args.text_column != "text"):
         parser.error("--text-column / --label-column need --texts (a table of texts)")
+    if args.workers and args.engine != "local":
+        parser.error("--workers is for the local engine (Ray: --ray-actors)")
 
 
 def _items(args: argparse.Namespace):

@@ -106,7 +106,7 @@ def _read_rows(path: Path, columns: list[str]) -> Iterator[dict | str]:
                     yield f"a JSON {type(row).__name__}, not an object"
                     continue
                 if first:  # a column the first object lacks is a typo, not a bad row
-                    _check_columns(path, list(row), columns[:1])
+                    _check_columns(path, list(row), columns)
                     first = False
                 yield row
     elif suffix in (".csv", ".tsv"):

@@ -312,7 +312,7 @@ def test_rows_written_twice_by_two_writers_load_once(tiny_repo, images, tmp_path
     assert len(load_features(summary.dataset).keys) == 12
 
 
-def test_server_engine_splits_requests_by_bytes_and_fails_an_item_too_big(tiny_repo, tmp_path):
+def test_server_engine_keeps_to_the_server_limits_and_fails_an_item_too_big(tiny_repo, tmp_path):
     from server_helpers import running_server
 
     rng = np.random.default_rng(3)
@@ -322,7 +322,7 @@ def test_server_engine_splits_requests_by_bytes_and_fails_an_item_too_big(tiny_r
         pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(folder / f"{i}.png")
     local = export_features(image_folder(folder), config(tiny_repo, tmp_path / "a"))
-    with running_server(tiny_repo, max_message_bytes=200_000) as server:
+    with running_server(tiny_repo, max_message_bytes=200_000, max_items_per_request=2) as server:
         remote_config = BatchExportConfig(repo=tiny_repo, model="tiny_image", cache=tmp_path / "b",
                                           engine="server", server=server.target, progress=False)  # fmt: skip
         remote = export_features(image_folder(folder), remote_config)
@@ -386,3 +386,18 @@ def test_default_batch_size_follows_the_model_and_engine(tiny_repo, tmp_path):
     assert (size("tiny_image"), size("tiny_text")) == (4, 32)  # measured fastest on a CPU
     assert size("tiny_image", engine="server", server="x:1") == 32  # items per request
     assert size("tiny_image", batch_size=7) == 7
+
+
+def test_a_model_that_fails_to_load_ends_the_run_with_its_error(tiny_repo, images, tmp_path):
+    import shutil
+
+    from embedder.manifest import ManifestError
+
+    folder = tmp_path / "repo" / "tiny_image" / "1"
+    shutil.copytree(tiny_repo / "tiny_image" / "1", folder)
+    with open(folder / "model.onnx", "ab") as f:
+        f.write(b"tampered")
+    cfg = BatchExportConfig(repo=tmp_path / "repo", model="tiny_image", cache=tmp_path / "c",
+                            batch_size=1, workers=2, progress=False)  # fmt: skip
+    with pytest.raises(ManifestError, match="does not match the manifest"):
+        export_features(image_folder(images, True), cfg)

@@ -46,9 +46,11 @@ def test_text_tables_read_a_byte_order_mark_and_refuse_a_missing_column(tmp_path
     csv.write_bytes("\ufefftext,label\nthe cat,pets\n".encode())  # Excel's "CSV UTF-8"
     assert [(i.text, i.label) for i in text_table(csv, "text", "label")] == [("the cat", "pets")]
     jsonl = tmp_path / "rows.jsonl"
-    jsonl.write_text('{"body": "the cat"}\n')
-    with pytest.raises(SourceError, match="no column 'text'; columns: body"):
+    jsonl.write_text('{"body": "the cat", "topic": "pets"}\n')
+    with pytest.raises(SourceError, match="no column 'text'; columns: body, topic"):
         list(text_table(jsonl, "text"))
+    with pytest.raises(SourceError, match="no column 'topik'"):
+        list(text_table(jsonl, "body", "topik"))
 
 
 def test_path_lists_split_on_newlines_only(tmp_path):
