@@ -377,7 +377,7 @@ def make_preparer(manifest: Manifest, pre: Preprocessor | None, known: Container
 def _local_embedder(lazy: LazySession, pre: Preprocessor):
     def embed(batch: list[Prepared]) -> tuple[np.ndarray, list[tuple[int, str]]]:
         arrays = [p.array for p in batch]
-        return lazy.get().run(pre.collate(arrays))[:, : pre.manifest.dim], []
+        return lazy.get().features(pre.collate(arrays)), []
 
     return embed
 

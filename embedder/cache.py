@@ -85,10 +85,14 @@ def _private_name(stem: str) -> str:
     return f"{stem}-{os.getpid()}-{threading.get_ident()}-{os.urandom(4).hex()}"
 
 
-def _write_atomically(table: pa.Table, folder: Path, prefix: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    name = f"{_private_name(prefix)}.parquet"
-    tmp, final = folder / f".{name}.tmp", folder / name
+def _write_shard(table: pa.Table, folder: Path, prefix: str) -> Path:
+    """A new shard under a name of its own."""
+    return _write_atomically(table, folder / f"{_private_name(prefix)}.parquet")
+
+
+def _write_atomically(table: pa.Table, final: Path) -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{_private_name(final.stem)}.tmp"
     # Dictionary-encoding and compressing float vectors costs 5x the write and saves nothing.
     pq.write_table(
         table,
@@ -161,7 +165,7 @@ class EmbeddingCache:
         labels = labels if labels is not None else [None] * len(keys)
         sources = sources if sources is not None else [None] * len(keys)
         table = embeddings_table(keys, vectors, labels, sources, self.identity)
-        _write_atomically(table, self.folder / EMBEDDINGS, "shard")
+        _write_shard(table, self.folder / EMBEDDINGS, "shard")
         self.keys.update(keys)
 
     def append_failures(self, rows: list[tuple[str, str, str]]) -> None:
@@ -169,7 +173,7 @@ class EmbeddingCache:
             return
         keys, sources, reasons = zip(*rows, strict=True)
         table = pa.table({"key": keys, "source": sources, "reason": reasons}, FAILURE_SCHEMA)
-        _write_atomically(table, self.folder / FAILURES, "failed")
+        _write_shard(table, self.folder / FAILURES, "failed")
         self.failed.update(map(failure_id, keys, sources))
 
     def write_run(self, name: str, members: dict[str, tuple[str | None, str]]) -> Path:
@@ -180,12 +184,7 @@ class EmbeddingCache:
         labels = [members[k][0] for k in keys]
         sources = [members[k][1] for k in keys]
         table = pa.table({"key": keys, "label": labels, "source": sources}, RUN_SCHEMA)
-        folder = self.folder / RUNS
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp, final = folder / f".{_private_name(name)}.tmp", folder / f"{name}.parquet"
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)
-        return final
+        return _write_atomically(table, self.folder / RUNS / f"{name}.parquet")
 
     def lookup(self) -> dict[str, np.ndarray]:
         """Every cached key -> its embedding (the server's in-memory view)."""

@@ -87,8 +87,7 @@ class RayEmbedder:
     def _embed(self, todo: list[Prepared]) -> np.ndarray:
         if not todo:
             return np.zeros((0, self.session.manifest.dim), np.float32)
-        out = self.session.run(self.pre.collate([p.array for p in todo]))
-        return out[:, : self.session.manifest.dim]  # a published model adds its heads' scores
+        return self.session.features(self.pre.collate([p.array for p in todo]))
 
 
 def _init_ray(config: BatchExportConfig):

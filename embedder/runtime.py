@@ -66,20 +66,25 @@ class ModelSession:
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """(N, dim) features, with each head's (N, classes) scores appended as columns."""
-        names = self.output_names
-        if not self.on_gpu:
-            outputs = self.session.run(names, feeds)
-        else:  # IO binding: inputs copied to the device once, outputs fetched once
-            binding = self.session.io_binding()
-            for name, value in feeds.items():
-                binding.bind_cpu_input(name, np.ascontiguousarray(value))
-            for name in names:
-                binding.bind_output(name, "cpu")
-            self.session.run_with_iobinding(binding)
-            outputs = binding.copy_outputs_to_cpu()
+        outputs = self._outputs(self.output_names, feeds)
         if len(outputs) == 1:
             return outputs[0]
         return np.hstack([o.reshape(len(o), -1).astype(np.float32) for o in outputs])
+
+    def features(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """(N, dim) features alone: a published model's head scores are not computed."""
+        return self._outputs(["features"], feeds)[0]
+
+    def _outputs(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if not self.on_gpu:
+            return self.session.run(names, feeds)
+        binding = self.session.io_binding()  # IO binding: inputs copied once, outputs fetched once
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in names:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
 
 
 def open_session(folder: Path, manifest: Manifest, config: ServerConfig) -> ModelSession:

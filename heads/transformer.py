@@ -110,7 +110,7 @@ class Embeddings(TransformerMixin, BaseEstimator):
                         raise InputError(
                             f"item {i}: {type(item).__name__}; give a path, bytes or an RGB array"
                         )
-            parts.append(session.run(pre.collate(arrays))[:, : session.manifest.dim])
+            parts.append(session.features(pre.collate(arrays)))
         return np.concatenate(parts)
 
     def __getstate__(self):
