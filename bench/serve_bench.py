@@ -6,8 +6,11 @@
 In-process: the model's session on ready inputs (uint8 pixels; for text, tokenisation included).
 Service: `embedder-serve` in its own process; images sent as raw uint8 tensors, texts as text,
 so both sides do the same work. Concurrent clients are asyncio callers in one client process.
-Prints a table: items/s, p50 / p99 latency per call, and the ratio to the best in-process
-batch-32 throughput (one run with all cores, or two side by side: the ceiling).
+Prints a table: items/s, p50 / p99 latency per call, the ratio to the best in-process batch-32
+throughput (one run with all cores, or two side by side: the ceiling), and the CPU each item cost
+(Linux): in-process, the process; service, the server and the client processes together. The
+last column is the ratio a cell would reach with every core busy all the time at that cost: the
+bound that per-request overhead alone sets, before any idle time.
 """
 
 from __future__ import annotations
@@ -40,6 +43,18 @@ TEXTS = [
 ]
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system, all threads) of this process, or of process `pid` (Linux)."""
+    if pid is None:
+        return time.process_time()
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:  # not Linux: the CPU columns read nan
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed_loop(call, seconds: float) -> list[float]:
     latencies, end = [], time.perf_counter() + seconds
     call()  # warm
@@ -50,10 +65,11 @@ def timed_loop(call, seconds: float) -> list[float]:
     return latencies
 
 
-def row(mode: str, batch: int, clients: int, items: int, wall: float, lat: list[float]) -> dict:
+def row(mode: str, batch: int, clients: int, items: int, wall: float, lat: list[float],
+        cpu: float) -> dict:  # fmt: skip
     p50, p99 = (1000 * float(np.percentile(lat, q)) for q in (50, 99))
     return {"mode": mode, "batch": batch, "clients": clients, "items/s": items / wall,
-            "p50 ms": p50, "p99 ms": p99}  # fmt: skip
+            "p50 ms": p50, "p99 ms": p99, "cpu ms": 1000 * cpu / items}  # fmt: skip
 
 
 def in_process_call(session, manifest: Manifest, folder: Path, batch: int):
@@ -74,19 +90,20 @@ def in_process(repo: Path, name: str, provider: str, seconds: float) -> list[dic
     session = open_session(folder, manifest, ServerConfig(provider=provider))
     rows = []
     for batch in (1, 8, 32):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), cpu_seconds()
         lat = timed_loop(in_process_call(session, manifest, folder, batch), seconds)
-        rows.append(row("in-process", batch, 1, batch * len(lat), time.perf_counter() - t0, lat))
+        wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+        rows.append(row("in-process", batch, 1, batch * len(lat), wall, lat, cpu))
     del session
     half = max(1, (os.cpu_count() or 2) // 2)
     session = open_session(folder, manifest, ServerConfig(provider=provider, intra_op_threads=half))
     call = in_process_call(session, manifest, folder, 32)
     with ThreadPoolExecutor(2) as pool:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), cpu_seconds()
         per = list(pool.map(lambda _: timed_loop(call, seconds), range(2)))
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     lat = [x for p in per for x in p]
-    rows.append(row("in-process, 2 streams", 32, 2, 32 * len(lat), wall, lat))
+    rows.append(row("in-process, 2 streams", 32, 2, 32 * len(lat), wall, lat, cpu))
     return rows
 
 
@@ -108,22 +125,25 @@ async def _client_loop(client: AsyncEmbedderClient, request, seconds: float) -> 
     return latencies
 
 
-async def _clients(target: str, request, clients: int, seconds: float) -> tuple[float, list]:
-    """`clients` concurrent callers on one asyncio client (one thread: cheap to drive)."""
+async def _clients(target: str, request, clients: int, seconds: float, server_pid: int
+                   ) -> tuple[float, list, float]:  # fmt: skip
+    """`clients` concurrent callers on one asyncio client (one thread: cheap to drive).
+    Returns the wall time, the latencies and the CPU both processes used meanwhile."""
     async with AsyncEmbedderClient(target) as client:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), cpu_seconds() + cpu_seconds(server_pid)
         loops = (_client_loop(client, request, seconds) for _ in range(clients))
         per = await asyncio.gather(*loops)
-        return time.perf_counter() - t0, [x for lat in per for x in lat]
+        cpu = cpu_seconds() + cpu_seconds(server_pid) - cpu0
+        return time.perf_counter() - t0, [x for lat in per for x in lat], cpu
 
 
-def service(target: str, repo: Path, name: str, seconds: float) -> list[dict]:
+def service(target: str, server_pid: int, repo: Path, name: str, seconds: float) -> list[dict]:
     manifest = Manifest.read(repo / name / "1")
     rows = []
     for batch, clients in ((1, 1), (8, 1), (32, 1), (32, 4), (1, 8), (1, 32)):
         request = embed_request(name, items_for(manifest, batch))
-        wall, lat = asyncio.run(_clients(target, request, clients, seconds))
-        rows.append(row("service", batch, clients, batch * len(lat), wall, lat))
+        wall, lat, cpu = asyncio.run(_clients(target, request, clients, seconds, server_pid))
+        rows.append(row("service", batch, clients, batch * len(lat), wall, lat, cpu))
     return rows
 
 
@@ -159,8 +179,8 @@ def start_server(args: argparse.Namespace) -> subprocess.Popen:
     return proc
 
 
-HEADER = """| model | mode | batch | clients | items/s | p50 ms | p99 ms | vs best in-process batch 32 |
-|---|---|---|---|---|---|---|---|"""
+HEADER = """| model | mode | batch | clients | items/s | p50 ms | p99 ms | vs best in-process batch 32 | CPU core-ms / item | CPU bound |
+|---|---|---|---|---|---|---|---|---|---|"""
 
 
 def main() -> None:
@@ -185,7 +205,8 @@ def main() -> None:
             rows = in_process(args.repo, name, args.provider, args.seconds)
             server = start_server(args)
             try:
-                rows += service(f"127.0.0.1:{args.port}", args.repo, name, args.seconds)
+                target = f"127.0.0.1:{args.port}"
+                rows += service(target, server.pid, args.repo, name, args.seconds)
             finally:
                 server.terminate()
                 server.wait(30)
@@ -193,23 +214,27 @@ def main() -> None:
         for r in median_rows(rounds):
             print(
                 f"| {name} | {r['mode']} | {r['batch']} | {r['clients']} | {r['items/s']:.1f} | "
-                f"{r['p50 ms']:.1f} | {r['p99 ms']:.1f} | {r['vs']:.2f} |"
+                f"{r['p50 ms']:.1f} | {r['p99 ms']:.1f} | {r['vs']:.2f} | {r['cpu ms']:.2f} | "
+                f"{r['bound']:.2f} |"
             )
 
 
 def median_rows(rounds: list[list[dict]]) -> list[dict]:
     """Each cell's median over the rounds; its ratio is the median of the per-round ratios to
-    that round's ceiling (the best in-process batch-32 rate)."""
+    that round's ceiling (the best in-process batch-32 rate). The CPU bound is the rate every
+    core would give at the cell's CPU cost per item, as a ratio to the ceiling."""
+    cores = len(os.sched_getaffinity(0))
     for rows in rounds:
         ceiling = max(r["items/s"] for r in rows if r["mode"] != "service" and r["batch"] == 32)
         for r in rows:
             r["vs"] = r["items/s"] / ceiling
+            r["bound"] = cores * 1000 / r["cpu ms"] / ceiling
     return [
         {
             **cells[0],
             **{
                 k: float(np.median([c[k] for c in cells]))
-                for k in ("items/s", "p50 ms", "p99 ms", "vs")
+                for k in ("items/s", "p50 ms", "p99 ms", "vs", "cpu ms", "bound")
             },
         }  # fmt: skip
         for cells in zip(*rounds, strict=True)

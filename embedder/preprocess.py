@@ -105,7 +105,12 @@ class TextTokenizer:
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise InputError(f"item {i}: empty text")
-        ids = [np.asarray(e.ids, dtype=np.int64) for e in self._tok.encode_batch(texts)]
+        # One text (the common single-item request, tokenised on the event loop): encode()
+        # stays on this thread; encode_batch hands work to the tokenizer's thread pool.
+        encodings = (
+            [self._tok.encode(texts[0])] if len(texts) == 1 else self._tok.encode_batch(texts)
+        )
+        ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
         for i, row in enumerate(ids):
             if len(row) > self.cfg.max_length:
                 raise InputError(

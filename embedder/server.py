@@ -95,9 +95,11 @@ class EmbedderServer:
         loop = asyncio.get_running_loop()
         self.repository = await loop.run_in_executor(None, ModelRepository.load, c)
         if not self.repository.models:
+            refused = "; ".join(f"{k}: {why}" for k, why in self.repository.refused.items())
             raise EmbedderError(
-                f"no servable model in {c.repository} (refused: {self.repository.refused}); "
-                "export one with embedder-export"
+                f"no servable model in {c.repository}: every model was refused ({refused})"
+                if refused
+                else f"no servable model in {c.repository}; export one with embedder-export"
             )
         self.service.attach(self.repository)
         if c.warmup:

@@ -411,3 +411,26 @@ def test_failed_start_releases_the_port(tiny_repo):
         blocker.close()
     with running_server(tiny_repo, address=f"127.0.0.1:{port}") as server:  # the port is free again
         assert server.server.port == port
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers(),
+    reason="this machine has CUDA",
+)
+def test_cuda_requested_without_it_fails_the_start_once(tiny_repo):
+    from embedder.runtime import ProviderError
+
+    with pytest.raises(ProviderError, match="'cuda' requested .* install onnxruntime-gpu"):
+        with running_server(tiny_repo, provider="cuda"):
+            pass
+
+
+def test_every_model_refused_is_named(tmp_path):
+    from embedder.errors import EmbedderError
+
+    folder = tmp_path / "broken" / "1"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(EmbedderError, match=r"every model was refused \(broken/1: "):
+        with running_server(tmp_path):
+            pass

@@ -1,0 +1,64 @@
+"""Provider selection and the file served for it; the GPU path itself needs a GPU machine."""
+
+import onnxruntime as ort
+import pytest
+
+from embedder.config import ServerConfig
+from embedder.manifest import Manifest
+from embedder.runtime import (
+    CPU,
+    CUDA,
+    TENSORRT,
+    ProviderError,
+    model_file,
+    open_session,
+    provider_chain,
+)
+
+
+@pytest.mark.parametrize(
+    "requested,available,chain",
+    [
+        ("cpu", [TENSORRT, CUDA, CPU], [CPU]),
+        ("auto", [CPU], [CPU]),
+        ("auto", [CUDA, CPU], [CUDA, CPU]),
+        ("auto", [TENSORRT, CUDA, CPU], [CUDA, CPU]),  # TensorRT only when asked for
+        ("cuda", [TENSORRT, CUDA, CPU], [CUDA, CPU]),
+        ("tensorrt", [TENSORRT, CUDA, CPU], [TENSORRT, CUDA, CPU]),
+    ],
+)
+def test_provider_chain(requested, available, chain):
+    assert provider_chain(requested, available) == chain
+
+
+@pytest.mark.parametrize("requested,available", [("cuda", [CPU]), ("tensorrt", [TENSORRT, CPU])])
+def test_a_gpu_provider_that_is_missing_is_refused(requested, available):
+    with pytest.raises(ProviderError, match="install onnxruntime-gpu"):
+        provider_chain(requested, available)
+
+
+def test_file_per_provider_and_precision(tiny_repo):
+    manifest = Manifest.read(tiny_repo / "tiny_image" / "1")
+    int8 = manifest.variants["int8"].file
+    assert model_file(manifest, on_gpu=False, cpu_precision="fp32") == (manifest.file, "fp32")
+    assert model_file(manifest, on_gpu=False, cpu_precision="int8") == (int8, "int8")
+    # No fp16 file exported: a GPU serves the fp32 one rather than failing.
+    assert "fp16" not in manifest.variants
+    assert model_file(manifest, on_gpu=True, cpu_precision="int8") == (manifest.file, "fp32")
+
+
+def test_fp16_file_chosen_on_a_gpu(default_repo):
+    manifest = Manifest.read(default_repo / "minilm_l6" / "1")
+    assert model_file(manifest, on_gpu=True, cpu_precision="fp32") == (
+        manifest.variants["fp16"].file,
+        "fp16",
+    )
+
+
+@pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="this machine has CUDA")
+def test_cuda_requested_without_it_refuses_to_start(tiny_repo):
+    folder = tiny_repo / "tiny_image" / "1"
+    with pytest.raises(ProviderError, match="'cuda' requested"):
+        open_session(folder, Manifest.read(folder), ServerConfig(provider="cuda"))
+    auto = open_session(folder, Manifest.read(folder), ServerConfig(provider="auto"))
+    assert auto.providers == [CPU] and not auto.on_gpu and auto.precision == "fp32"
