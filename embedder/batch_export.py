@@ -419,8 +419,8 @@ def _server_embedder(config: BatchExportConfig, manifest: Manifest, limits, stac
     def embed(batch: list[Prepared]) -> tuple[np.ndarray, list[tuple[int, str]]]:
         items = [pb.Item(**{kind: p.raw}) for p in batch]
         failures: list[tuple[int, str]] = []
-        parts = [send(items, chunk, failures)
-                 for chunk in request_chunks(items, max_items, max_bytes)]  # fmt: skip
+        chunks = request_chunks(items, max_items, max_bytes, manifest.dim)
+        parts = [send(items, chunk, failures) for chunk in chunks]
         return np.concatenate(parts), failures
 
     return embed

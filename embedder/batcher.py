@@ -48,7 +48,8 @@ class DynamicBatcher:
         self.name, self._run, self._collate, self.config = name, run, collate, config
         self._on_batch = on_batch
         self._jobs: deque[_Job] = deque()
-        self._queued_items = 0
+        self._queued_items = 0  # in _jobs
+        self._reserved_items = 0  # admitted and not yet in a batch: preprocessing or queued
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(
             config.inference_streams, thread_name_prefix=f"infer-{name}"
@@ -73,27 +74,45 @@ class DynamicBatcher:
         await asyncio.gather(*self._workers, return_exceptions=True)
         _fail(self._jobs, NotReadyError(f"model {self.name!r} is shutting down; retry elsewhere"))
         self._jobs.clear()
+        self._reserved_items -= self._queued_items
         self._queued_items = 0
         # The batch still running in a thread finishes there, without blocking the event loop.
         await asyncio.to_thread(self._executor.shutdown, wait=True)
 
-    async def submit(
-        self, arrays: list[np.ndarray], deadline: float | None = None
-    ) -> tuple[np.ndarray, BatchStats]:
-        """Embed `arrays` (one per item); split into chunks of at most max_batch_size."""
-        size = self.config.max_batch_size
+    def reserve(self, items: int) -> None:
+        """Count `items` against the queue from the moment their request arrives, before they
+        are preprocessed, so that a full queue refuses at once and decoding cannot pile up
+        behind it. They are used by `submit(..., reserved=True)` or handed back by `release`."""
+        limit = self.config.max_queue_size
         if self._closing:
             raise NotReadyError(f"model {self.name!r} is shutting down; retry elsewhere")
-        if len(arrays) > self.config.max_queue_size:
+        if items > limit:
             raise InputError(
-                f"{len(arrays)} items can never fit model {self.name!r}'s queue of "
-                f"{self.config.max_queue_size}; split the request"
+                f"{items} items can never fit model {self.name!r}'s queue of {limit}; "
+                "split the request"
             )
-        if self._queued_items + len(arrays) > self.config.max_queue_size:
+        if self._reserved_items + items > limit:
             raise QueueFullError(
-                f"model {self.name!r} has {self._queued_items} items queued (limit "
-                f"{self.config.max_queue_size}); retry with backoff"
+                f"model {self.name!r} has {self._reserved_items} items waiting (limit "
+                f"{limit}); retry with backoff"
             )
+        self._reserved_items += items
+
+    def release(self, items: int) -> None:
+        """Hand back reserved items that will not be submitted (their request failed)."""
+        self._reserved_items -= items
+
+    async def submit(
+        self, arrays: list[np.ndarray], deadline: float | None = None, reserved: bool = False
+    ) -> tuple[np.ndarray, BatchStats]:
+        """Embed `arrays` (one per item); split into chunks of at most max_batch_size.
+        `reserved`: their room in the queue was taken with `reserve` when the request came."""
+        size = self.config.max_batch_size
+        if not reserved:
+            self.reserve(len(arrays))
+        elif self._closing:
+            self.release(len(arrays))
+            raise NotReadyError(f"model {self.name!r} is shutting down; retry elsewhere")
         loop = asyncio.get_running_loop()
         jobs = [
             _Job(arrays[i : i + size], loop.create_future(), deadline)
@@ -145,6 +164,7 @@ class DynamicBatcher:
         while self._jobs and items + len(self._jobs[0].arrays) <= limit:
             job = self._jobs.popleft()
             self._queued_items -= len(job.arrays)
+            self._reserved_items -= len(job.arrays)
             items += len(job.arrays)
             batch.append(job)
         return batch

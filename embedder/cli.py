@@ -84,6 +84,9 @@ def serve_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+OUTPUT_SUFFIXES = (".npy", ".parquet")
+
+
 def write_output(path: Path, ids: list[str], embeddings: np.ndarray) -> None:
     if path.suffix == ".npy":
         np.save(path, embeddings)
@@ -106,6 +109,7 @@ def client_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="embedder-client", description="Embed files or text lines.")
     p.add_argument("--server", default="127.0.0.1:50051")
     p.add_argument("--token")
+    p.add_argument("--root-cert", type=Path, help="PEM CA certificate: connect with TLS")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("models", help="list the served models")
     e = sub.add_parser("embed", help="embed images or lines of text")
@@ -118,8 +122,11 @@ def client_main(argv: list[str] | None = None) -> int:
     e.add_argument("--truncate-dim", type=int, default=0)
     e.add_argument("--batch-size", type=int, default=32)
     args = p.parse_args(argv)
+    if args.command == "embed" and args.out.suffix not in OUTPUT_SUFFIXES:
+        p.error(f"--out {args.out}: use a .npy or .parquet file name")
     try:
-        with EmbedderClient(args.server, token=args.token) as client:
+        root_cert = args.root_cert.read_bytes() if args.root_cert else None
+        with EmbedderClient(args.server, token=args.token, root_cert=root_cert) as client:
             if args.command == "models":
                 for m in client.list_models():
                     print(
@@ -138,13 +145,15 @@ def client_main(argv: list[str] | None = None) -> int:
                     for line in args.texts.read_text(encoding="utf-8").splitlines()
                     if line.strip()
                 ]
+                if not ids:
+                    raise EmbedderError(f"{args.texts} has no non-empty line to embed")
                 vectors = client.embed_texts(args.model, ids, **options)
         write_output(args.out, ids, vectors)
         print(f"wrote {vectors.shape[0]} x {vectors.shape[1]} embeddings to {args.out}")
     except grpc.RpcError as exc:
         print(f"embedder-client: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
-    except (EmbedderError, OSError) as exc:
+    except (EmbedderError, OSError, UnicodeDecodeError) as exc:
         print(f"embedder-client: error: {exc}", file=sys.stderr)
         return 2
     return 0

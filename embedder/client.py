@@ -80,22 +80,38 @@ def _credentials(token: str | None, root_cert: bytes | None):
 REQUEST_OVERHEAD = 64 << 10  # bytes a request's model name, options and framing may take
 
 
-def request_chunks(items: Sequence[pb.Item], max_items: int, max_bytes: int
+def request_chunks(items: Sequence[pb.Item], max_items: int, max_bytes: int, answer_dim: int = 0
                    ) -> Iterable[list[int]]:  # fmt: skip
-    """Indices of `items` in consecutive requests of at most `max_items` items that fit a
-    `max_bytes` message; an item too big to fit any request goes alone (the server refuses it)."""
+    """Indices of `items` in consecutive requests of at most `max_items` items whose request,
+    and answer of `answer_dim` floats per item, fit a `max_bytes` message; an item too big to
+    fit any request goes alone (the server refuses it)."""
     budget = max_bytes - min(REQUEST_OVERHEAD, max_bytes // 8)
     chunk: list[int] = []
-    size = 0
+    size = answer = 0
     for i, item in enumerate(items):
         item_bytes = item.ByteSize() + 8  # the field's tag and length
-        if chunk and (len(chunk) == max_items or size + item_bytes > budget):
+        answer_bytes = answer_dim * 4 + len(item.id) + 8
+        if chunk and (
+            len(chunk) == max_items or size + item_bytes > budget or answer + answer_bytes > budget
+        ):
             yield chunk
-            chunk, size = [], 0
+            chunk, size, answer = [], 0, 0
         chunk.append(i)
         size += item_bytes
+        answer += answer_bytes
     if chunk:
         yield chunk
+
+
+def server_chunks(info: pb.ModelInfo, items: Sequence[pb.Item], batch_size: int,
+                  max_bytes: int, truncate_dim: int = 0) -> Iterable[list[int]]:  # fmt: skip
+    """`request_chunks` within this client's limits and those the server reports for the model
+    (items per request, queue size, message size), the answers included."""
+    b = info.batching
+    max_bytes = min(max_bytes, b.max_message_bytes or max_bytes)
+    max_items = min(batch_size, b.max_items_per_request or batch_size,
+                    b.max_queue_size or batch_size)  # fmt: skip
+    return request_chunks(items, max_items, max_bytes, truncate_dim or info.dim)
 
 
 class EmbedderClient:
@@ -109,6 +125,7 @@ class EmbedderClient:
         # Without TLS the token travels as plain metadata (loopback / trusted networks only).
         self.metadata = [("authorization", f"Bearer {token}")] if token and not creds else None
         self.timeout, self.max_message_bytes = timeout, max_message_bytes
+        self._models: dict[tuple[str, str], pb.ModelInfo] = {}  # for the server's limits
 
     def __enter__(self) -> EmbedderClient:
         return self
@@ -126,14 +143,28 @@ class EmbedderClient:
     def embed(self, request: pb.EmbedRequest) -> EmbedResult:
         return decode(self.stub.Embed(request, timeout=self.timeout, metadata=self.metadata))
 
+    def model_info(self, model: str, version: str = "") -> pb.ModelInfo:
+        """GetModel, asked once per model and client."""
+        if (model, version) not in self._models:
+            request = pb.GetModelRequest(model=model, version=version)
+            self._models[model, version] = self.stub.GetModel(
+                request, timeout=self.timeout, metadata=self.metadata
+            )
+        return self._models[model, version]
+
     def _embed_items(
         self, model: str, items: list[pb.Item], batch_size: int, **options
     ) -> np.ndarray:
+        if not items:
+            return np.zeros((0, 0), np.float32)
+        info = self.model_info(model, options.get("version", ""))
+        chunks = server_chunks(info, items, batch_size, self.max_message_bytes,
+                               options.get("truncate_dim", 0))  # fmt: skip
         parts = [
             self.embed(embed_request(model, [items[i] for i in chunk], **options)).embeddings
-            for chunk in request_chunks(items, batch_size, self.max_message_bytes)
+            for chunk in chunks
         ]
-        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+        return np.concatenate(parts)
 
     def embed_texts(
         self, model: str, texts: Sequence[str], batch_size: int = 64, **options
@@ -158,6 +189,7 @@ class AsyncEmbedderClient:
         self.stub = pb_grpc.EmbedderStub(self.channel)
         self.metadata = [("authorization", f"Bearer {token}")] if token and not creds else None
         self.timeout, self.max_message_bytes = timeout, max_message_bytes
+        self._models: dict[tuple[str, str], pb.ModelInfo] = {}
 
     async def __aenter__(self) -> AsyncEmbedderClient:
         return self
@@ -176,14 +208,27 @@ class AsyncEmbedderClient:
     async def embed(self, request: pb.EmbedRequest) -> EmbedResult:
         return decode(await self.stub.Embed(request, timeout=self.timeout, metadata=self.metadata))
 
+    async def model_info(self, model: str, version: str = "") -> pb.ModelInfo:
+        """GetModel, asked once per model and client."""
+        if (model, version) not in self._models:
+            request = pb.GetModelRequest(model=model, version=version)
+            self._models[model, version] = await self.stub.GetModel(
+                request, timeout=self.timeout, metadata=self.metadata
+            )
+        return self._models[model, version]
+
     async def _embed_items(
         self, model: str, items: list[pb.Item], batch_size: int, **options
     ) -> np.ndarray:
+        if not items:
+            return np.zeros((0, 0), np.float32)
+        info = await self.model_info(model, options.get("version", ""))
         parts = []
-        for chunk in request_chunks(items, batch_size, self.max_message_bytes):
+        for chunk in server_chunks(info, items, batch_size, self.max_message_bytes,
+                                   options.get("truncate_dim", 0)):  # fmt: skip
             result = await self.embed(embed_request(model, [items[i] for i in chunk], **options))
             parts.append(result.embeddings)
-        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+        return np.concatenate(parts)
 
     async def embed_texts(
         self, model: str, texts: Sequence[str], batch_size: int = 64, **options

@@ -25,6 +25,10 @@ class QueueFullError(EmbedderError):
     """The model's batching queue is full; retry with backoff or raise max_queue_size."""
 
 
+class MessageTooLargeError(EmbedderError):
+    """A request or its answer would be over the server's message size limit."""
+
+
 class DeadlineExceededError(EmbedderError):
     """The request's deadline passed before its batch could run."""
 

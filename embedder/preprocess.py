@@ -19,6 +19,10 @@ from .errors import InputError
 from .manifest import ImagePreprocess, TextPreprocess
 
 DEFAULT_MAX_PIXELS = 40_000_000
+# Formats whose header gives the true size before any pixel is decoded (an ICO, for one, decodes
+# its embedded PNG inside Image.open, before the pixel limit could refuse it).
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+_WIDE_GREY = ("I;16", "I;16L", "I;16B", "I")  # 16-bit greyscale (PNG, TIFF)
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
@@ -34,7 +38,7 @@ def decode_image(
     if not data:
         raise InputError("empty image bytes")
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
         width, height = img.size
         if width * height > max_pixels:
             raise InputError(
@@ -46,11 +50,15 @@ def decode_image(
             if scale < 1:
                 img.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
         ImageOps.exif_transpose(img, in_place=True)  # in place: no copy when upright
+        if img.mode in _WIDE_GREY:  # convert() would clip 0..65535 to 255: scale instead
+            img = Image.fromarray(np.minimum(np.asarray(img, np.uint32) >> 8, 255).astype(np.uint8))
         return img if img.mode == "RGB" else img.convert("RGB")
     except InputError:
         raise
     except UnidentifiedImageError as exc:
-        raise InputError("cannot decode image: not a recognised image format") from exc
+        raise InputError(
+            f"cannot decode image: not one of the accepted formats ({', '.join(IMAGE_FORMATS)})"
+        ) from exc
     except Exception as exc:  # PIL raises many types for corrupt or truncated data
         raise InputError(f"cannot decode image: {exc}") from exc
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import time
+from asyncio import FIRST_COMPLETED
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from protos.embedder.v1 import embedder_pb2_grpc as pb_grpc
 
 from .batcher import BatchStats, DynamicBatcher
 from .config import ServerConfig
-from .errors import InputError, ModelNotFoundError, NotReadyError
+from .errors import InputError, MessageTooLargeError, ModelNotFoundError, NotReadyError
 from .inputs import Preprocessor, RawItem, tensor_from_bytes
 from .metrics import Metrics
 from .repository import ModelRepository
@@ -76,19 +77,39 @@ def raw_item(index: int, item: pb.Item) -> RawItem:
     return RawItem(kind, getattr(item, kind))
 
 
-def finish(embeddings: np.ndarray, options: pb.EmbedOptions) -> np.ndarray:
-    """Truncate to the first k dimensions, then L2-normalise if asked."""
+def output_dim(options: pb.EmbedOptions, dim: int) -> int:
+    """The dimension the response will have; a truncate_dim over the model's is refused."""
+    k = options.truncate_dim
+    if k > dim:
+        raise InputError(f"truncate_dim {k} is over the model's dimension {dim}")
+    return k or dim
+
+
+def finish(embeddings: np.ndarray, options: pb.EmbedOptions, normalized: bool) -> np.ndarray:
+    """Truncate to the first k dimensions, then L2-normalise if asked, or if the model's output
+    was unit length before the truncation (it is again after)."""
     k = options.truncate_dim
     if k:
-        if k > embeddings.shape[1]:
-            raise InputError(
-                f"truncate_dim {k} is over the model's dimension {embeddings.shape[1]}"
-            )
         embeddings = embeddings[:, :k]
-    if options.normalize:
+    if options.normalize or (k and normalized):
         norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
         embeddings = embeddings / np.maximum(norms, 1e-12)
     return np.ascontiguousarray(embeddings, dtype="<f4")
+
+
+RESPONSE_OVERHEAD = 1024  # bytes of a response besides its vectors and ids
+
+
+def check_response_size(request: pb.EmbedRequest, dim: int, limit: int) -> None:
+    """Refuse, before any work, a request whose answer would be over the message limit."""
+    n = len(request.items)
+    size = n * dim * 4 + sum(len(item.id) + 8 for item in request.items) + RESPONSE_OVERHEAD
+    if size > limit:
+        fits = max(1, (limit - RESPONSE_OVERHEAD) // (dim * 4 + 16))
+        raise MessageTooLargeError(
+            f"the answer to {n} items of dimension {dim} would be {size} bytes, over the "
+            f"server's message limit of {limit}; send at most about {fits} items per request"
+        )
 
 
 @dataclass
@@ -141,6 +162,10 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         self.repository: ModelRepository | None = None
         self.models: dict[ModelSession, LoadedModel] = {}
         self._pool = ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="preprocess")
+        # Items one stream may have in flight: a batch running per inference stream and the
+        # next one filling, within the model's queue.
+        b = config.batching
+        self.stream_items = min(b.max_queue_size, b.max_batch_size * (b.inference_streams + 1))
 
     def attach(self, repository: ModelRepository) -> None:
         self.models = {s: LoadedModel(s, self.config, self.metrics) for s in repository.all()}
@@ -184,15 +209,25 @@ class EmbedderService(pb_grpc.EmbedderServicer):
 
     @stream_rpc
     async def EmbedStream(self, requests, context):
-        """Requests are processed concurrently, answered in order; errors go in the response."""
-        pending: asyncio.Queue[asyncio.Task | None] = asyncio.Queue(maxsize=64)
+        """Requests are processed concurrently, answered in order; errors go in the response.
+        A stream keeps at most `stream_items` items in flight: a fast sender is slowed down
+        instead of filling the model's queue alone and being refused."""
+        pending: asyncio.Queue[tuple[asyncio.Task, str] | None] = asyncio.Queue(maxsize=64)
+        budget = self.stream_items
 
         async def produce() -> None:
+            running: dict[asyncio.Task, int] = {}
             try:
                 async for request in requests:
+                    n = len(request.items)
+                    while running and sum(running.values()) + n > budget:
+                        done, _ = await asyncio.wait(running, return_when=FIRST_COMPLETED)
+                        for finished in done:
+                            del running[finished]
                     task = asyncio.ensure_future(self.embed(request, None))
+                    running[task] = n
                     try:
-                        await pending.put(task)
+                        await pending.put((task, request.request_id))
                     except asyncio.CancelledError:  # not queued: nobody else would cancel it
                         task.cancel()
                         raise
@@ -201,23 +236,25 @@ class EmbedderService(pb_grpc.EmbedderServicer):
 
         producer = asyncio.ensure_future(produce())
         try:
-            while (task := await pending.get()) is not None:
-                yield await self._stream_answer(task)
+            while (entry := await pending.get()) is not None:
+                yield await self._stream_answer(*entry)
             await producer
         finally:
             producer.cancel()
             while not pending.empty():  # the client went away: stop what it will never read
-                task = pending.get_nowait()
-                if task is not None:
-                    task.cancel()
+                entry = pending.get_nowait()
+                if entry is not None:
+                    entry[0].cancel()
 
-    async def _stream_answer(self, task: asyncio.Task) -> pb.EmbedResponse:
+    async def _stream_answer(self, task: asyncio.Task, request_id: str) -> pb.EmbedResponse:
         try:
             return await task
         except Exception as exc:
             code = status_for(exc)
             self.metrics.errors.labels("EmbedStream/item", code.name).inc()
-            return pb.EmbedResponse(error=pb.Error(code=code.value[0], message=str(exc)))
+            return pb.EmbedResponse(
+                request_id=request_id, error=pb.Error(code=code.value[0], message=str(exc))
+            )
 
     async def _compute(self, model: LoadedModel, items, deadline: float | None) -> Computed:
         """Every item's model output (features, then head scores): from cache or the batcher."""
@@ -233,14 +270,19 @@ class EmbedderService(pb_grpc.EmbedderServicer):
             model.preprocessor.check_modality(i, item)
         keys, hits = model.cache.find(items) if model.cache else ([], {})
         rows = [i for i in range(n) if i not in hits]
-        arrays = await self._preprocess(model, [raw[i] for i in rows], rows)
+        model.batcher.reserve(len(rows))  # a full queue refuses now, before any decoding
+        try:
+            arrays = await self._preprocess(model, [raw[i] for i in rows], rows)
+        except BaseException:
+            model.batcher.release(len(rows))
+            raise
         preprocess_ms = (time.monotonic() - started) * 1000
         stats = BatchStats(0.0, 0.0, 0)
         # With cache hits, computed rows go in between them (the cache serves head-less models,
         # so a row is the features alone); without, the batch output is the answer as it is.
         out = np.zeros((n, model.session.manifest.dim), np.float32) if hits else None
         if arrays:
-            computed, stats = await model.batcher.submit(arrays, deadline)
+            computed, stats = await model.batcher.submit(arrays, deadline, reserved=True)
             if model.cache:
                 await model.cache.store([keys[i] for i in rows], computed)
             if out is None:
@@ -261,9 +303,11 @@ class EmbedderService(pb_grpc.EmbedderServicer):
 
     async def embed(self, request: pb.EmbedRequest, deadline: float | None) -> pb.EmbedResponse:
         model = self._model(request.model, request.version)
-        result = await self._compute(model, request.items, deadline)
         m = model.session.manifest
-        out = finish(result.outputs[:, : m.dim], request.options)
+        dim = output_dim(request.options, m.dim)
+        check_response_size(request, dim, self.config.max_message_bytes)
+        result = await self._compute(model, request.items, deadline)
+        out = finish(result.outputs[:, : m.dim], request.options, m.normalized)
         return pb.EmbedResponse(
             model=m.name, version=m.version, embeddings=out.tobytes(), shape=list(out.shape),
             ids=[item.id or str(i) for i, item in enumerate(request.items)],
@@ -309,4 +353,9 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         if all(r.kind == "tensor" for r in raw):  # already pixels: only a shape check, inline
             return [pre.image(i, r) for i, r in pairs]
         jobs: list[Any] = [loop.run_in_executor(self._pool, pre.image, i, r) for i, r in pairs]
-        return list(await asyncio.gather(*jobs))
+        try:
+            return list(await asyncio.gather(*jobs))
+        except BaseException:  # one bad item: the request's decodes still queued are dropped
+            for job in jobs:
+                job.cancel()
+            raise

@@ -6,6 +6,7 @@ method handlers on every call, which is measurable per request on a small machin
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 
@@ -14,6 +15,7 @@ import grpc
 from .errors import (
     DeadlineExceededError,
     InputError,
+    MessageTooLargeError,
     ModelNotFoundError,
     NotReadyError,
     QueueFullError,
@@ -25,6 +27,7 @@ _STATUS = (
     (InputError, grpc.StatusCode.INVALID_ARGUMENT),
     (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
     (QueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (MessageTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (NotReadyError, grpc.StatusCode.UNAVAILABLE),
 )
@@ -48,6 +51,13 @@ async def _abort(servicer, method: str, exc: Exception, context) -> None:
     await context.abort(code, message)
 
 
+def _count_cancelled(servicer, method: str, context) -> None:
+    """grpc cancels the handler when the client goes away or its deadline passes."""
+    remaining = context.time_remaining()
+    code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    servicer.metrics.errors.labels(method, code).inc()
+
+
 def unary_rpc(method):
     """Counts the call; an exception ends it with its status code and a message."""
     name = method.__name__
@@ -57,6 +67,9 @@ def unary_rpc(method):
         self.metrics.requests.labels(name).inc()
         try:
             return await method(self, request, context)
+        except asyncio.CancelledError:
+            _count_cancelled(self, name, context)
+            raise
         except Exception as exc:
             await _abort(self, name, exc, context)
 
@@ -73,6 +86,9 @@ def stream_rpc(method):
         try:
             async for response in method(self, requests, context):
                 yield response
+        except asyncio.CancelledError:
+            _count_cancelled(self, name, context)
+            raise
         except Exception as exc:
             await _abort(self, name, exc, context)
 

@@ -83,7 +83,10 @@ def test_local_export_embeds_labels_and_records_failures(tiny_repo, images, tmp_
         .to_pylist()
     )
     reasons = {r["source"].rsplit("/", 1)[-1]: r["reason"] for r in failures}
-    assert reasons["corrupt.jpg"] == "cannot decode image: not a recognised image format"
+    assert (
+        reasons["corrupt.jpg"]
+        == "cannot decode image: not one of the accepted formats (JPEG, PNG, WEBP, BMP, GIF, TIFF)"
+    )
     assert "truncated" in reasons["truncated.jpg"].lower()
     assert json.loads((summary.dataset / "dataset.json").read_text())["dim"] == 24
 

@@ -89,7 +89,7 @@ def test_full_queue_refuses_immediately(session):
         b.start()
         first = asyncio.ensure_future(b.submit(items(3)))
         await asyncio.sleep(0)
-        with pytest.raises(QueueFullError, match="3 items queued"):
+        with pytest.raises(QueueFullError, match="3 items waiting"):
             await b.submit(items(1))
         await asyncio.wait_for(first, 5)
         await b.close()
@@ -187,3 +187,21 @@ def test_close_answers_queued_and_running_callers_and_refuses_new_ones(session):
     running, queued = asyncio.run(main())
     assert isinstance(running, NotReadyError) and "mid-batch" in str(running)
     assert isinstance(queued, NotReadyError) and "shutting down" in str(queued)
+
+
+def test_reserved_room_counts_until_submitted_or_released(session):
+    async def main():
+        b = make(session, [], max_batch_size=4, max_queue_size=4)
+        b.start()
+        b.reserve(3)  # a request's items, still being preprocessed
+        with pytest.raises(QueueFullError, match="3 items waiting"):
+            await b.submit(items(2))
+        b.release(3)  # that request failed: its room comes back
+        b.reserve(4)
+        out, _ = await b.submit(items(4), reserved=True)
+        b.reserve(4)  # and once its batch was taken, the room came back too
+        b.release(4)
+        await b.close()
+        return out
+
+    assert asyncio.run(main()).shape == (4, 24)

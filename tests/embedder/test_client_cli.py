@@ -99,3 +99,56 @@ def test_request_chunks_respect_items_and_bytes():
     assert list(request_chunks(items, 2, 1 << 20)) == [[0, 1], [2, 3], [4]]
     # 100 kB messages: two 40 kB items fit, a 200 kB item goes alone (the server refuses it)
     assert list(request_chunks(items, 8, 100_000)) == [[0, 1], [2], [3], [4]]
+
+
+def test_request_chunks_leave_room_for_the_answers():
+    from embedder.client import request_chunks
+
+    items = [pb.Item(text="hi") for _ in range(10)]
+    # 384 floats per answer: 1544 bytes each, so a 7000-byte budget takes 3-4 per request
+    chunks = list(request_chunks(items, 100, 8000, answer_dim=384))
+    assert [i for c in chunks for i in c] == list(range(10))
+    assert all(len(c) * (384 * 4 + 10) <= 7000 for c in chunks)
+
+
+def test_clients_keep_to_the_limits_the_server_reports(tiny_repo):
+    from server_helpers import running_server
+
+    from embedder.config import BatchingConfig
+
+    texts = [f"sentence number {i}" for i in range(300)]
+    limits = dict(max_items_per_request=64, max_message_bytes=20_000,
+                  batching=BatchingConfig(max_queue_size=48))  # fmt: skip
+    with running_server(tiny_repo, **limits) as server:
+
+        async def main():
+            async with AsyncEmbedderClient(server.target) as c:
+                return await c.embed_texts("tiny_text", texts, truncate_dim=4)
+
+        with EmbedderClient(server.target) as c:  # 32 floats per text: ~120 answers per message
+            on_sync = c.embed_texts("tiny_text", texts, batch_size=256)
+        on_async = asyncio.run(main())
+    assert on_sync.shape == (300, 32) and on_async.shape == (300, 4)
+    np.testing.assert_allclose(
+        on_async, on_sync[:, :4] / np.linalg.norm(on_sync[:, :4], axis=1, keepdims=True), atol=1e-6
+    )
+
+
+def test_cli_refuses_bad_output_and_empty_input_before_any_work(tiny_server, tmp_path, capsys):
+    import pytest
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a line\n")
+    with pytest.raises(SystemExit):  # argparse error, exit status 2
+        client_main(["--server", tiny_server.target, "embed", "--model", "tiny_text",
+                     "--texts", str(texts), "--out", str(tmp_path / "out.csv")])  # fmt: skip
+    assert "use a .npy or .parquet" in capsys.readouterr().err
+    texts.write_text("\n  \n")
+    argv = ["--server", tiny_server.target, "embed", "--model", "tiny_text", "--texts",
+            str(texts), "--out", str(tmp_path / "out.parquet")]  # fmt: skip
+    assert client_main(argv) == 2
+    assert "no non-empty line" in capsys.readouterr().err
+    assert not (tmp_path / "out.parquet").exists()
+    texts.write_bytes(b"caf\xe9\n")  # Latin-1, not UTF-8
+    assert client_main(argv) == 2
+    assert "utf-8" in capsys.readouterr().err

@@ -56,3 +56,24 @@ def test_decompression_bomb_refused_before_decoding():
 def test_undecodable_bytes(data):
     with pytest.raises(InputError):
         preprocess_image_bytes(data, CFG)
+
+
+def test_an_icon_wrapping_a_huge_png_is_refused_without_decoding_it():
+    # An ICO's header says 16x16, but Pillow would decode the embedded PNG inside Image.open.
+    big = _encode(Image.new("L", (4000, 4000)), "PNG")
+    icon = _encode(Image.new("RGB", (16, 16)), "ICO", sizes=[(16, 16)])
+    header, entry = icon[:6], bytearray(icon[6:22])
+    entry[8:12] = len(big).to_bytes(4, "little")  # the one entry now points at the big PNG
+    entry[12:16] = (6 + 16).to_bytes(4, "little")
+    crafted = header + bytes(entry) + big
+    assert Image.open(io.BytesIO(crafted)).format == "ICO"  # Pillow alone would take it
+    with pytest.raises(InputError, match="not one of the accepted formats"):
+        preprocess_image_bytes(crafted, CFG, max_pixels=1_000_000)
+
+
+def test_16_bit_grey_is_scaled_not_clipped():
+    grey = np.full((40, 60), 128 * 257, np.uint16)  # mid-grey in 16 bits
+    img16 = Image.fromarray(grey)
+    assert img16.mode.startswith("I")
+    out = preprocess_image_bytes(_encode(img16, "PNG"), CFG)
+    assert out.shape == (32, 32, 3) and np.all(out == 128)

@@ -229,6 +229,7 @@ def test_embed_stream_answers_in_order_and_survives_a_bad_request(client):
     ]
     assert responses[2].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert responses[4].error.code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert [responses[2].request_id, responses[4].request_id] == ["bad", "missing"]
     with pytest.raises(StreamItemError, match="INVALID_ARGUMENT"):
         decode(responses[2])
     single = client.embed_images("tiny_image", [png((3, 0, 0))])
@@ -331,6 +332,10 @@ def test_tls(tiny_repo, tmp_path):
         with EmbedderClient(server.target, token="t") as plaintext:
             with pytest.raises(grpc.RpcError):
                 plaintext.list_models()
+        from embedder.cli import client_main
+
+        argv = ["--server", server.target, "--token", "t", "--root-cert", str(cert), "models"]
+        assert client_main(argv) == 0
 
 
 def test_metrics_endpoint(tiny_repo):
@@ -338,7 +343,7 @@ def test_metrics_endpoint(tiny_repo):
     with running_server(tiny_repo, metrics_port=port) as server, EmbedderClient(server.target) as c:
         c.embed_images("tiny_image", [png()] * 3)
         with pytest.raises(grpc.RpcError):
-            c.embed_texts("nope", ["x"])
+            c.embed(embed_request("nope", [pb.Item(text="x")]))
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
     assert 'embedder_requests_total{method="Embed"}' in text
     assert 'embedder_errors_total{code="NOT_FOUND",method="Embed"}' in text
@@ -384,13 +389,9 @@ def test_empty_repository_is_an_error(tmp_path):
 def test_request_larger_than_the_queue_is_told_to_split(tiny_repo):
     batching = BatchingConfig(max_batch_size=4, max_queue_size=4)
     with running_server(tiny_repo, batching=batching) as server, EmbedderClient(server.target) as c:
-        expect_status(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            c.embed_images,
-            "tiny_image",
-            [png()] * 6,
-            match="split the request",
-        )
+        six = embed_request("tiny_image", [pb.Item(image=png())] * 6)
+        expect_status(grpc.StatusCode.INVALID_ARGUMENT, c.embed, six, match="split the request")
+        assert c.embed_images("tiny_image", [png()] * 6).shape == (6, 24)  # the client splits
 
 
 def test_failed_start_releases_the_port(tiny_repo):
@@ -434,3 +435,110 @@ def test_every_model_refused_is_named(tmp_path):
     with pytest.raises(EmbedderError, match=r"every model was refused \(broken/1: "):
         with running_server(tmp_path):
             pass
+
+
+def test_truncation_keeps_a_normalized_model_unit_length(client):
+    texts = ["a dog runs", "a cat sleeps"]
+    full = client.embed_texts("tiny_text", texts)
+    np.testing.assert_allclose(np.linalg.norm(full, axis=1), 1, atol=1e-5)  # normalised model
+    cut = client.embed_texts("tiny_text", texts, truncate_dim=8)
+    expected = full[:, :8] / np.linalg.norm(full[:, :8], axis=1, keepdims=True)
+    np.testing.assert_allclose(cut, expected, atol=1e-6)
+    raw = client.embed_images("tiny_image", [png()], truncate_dim=8)  # not normalised: kept as is
+    np.testing.assert_allclose(raw, client.embed_images("tiny_image", [png()])[:, :8], atol=1e-6)
+
+
+def _metric(server, name, **labels):
+    return server.server.metrics.registry.get_sample_value(name, labels) or 0
+
+
+def test_an_answer_over_the_message_limit_is_refused_before_compute(tiny_repo):
+    with (
+        running_server(tiny_repo, max_message_bytes=20_000) as server,
+        EmbedderClient(server.target) as c,
+    ):
+        texts = [f"text {i}" for i in range(200)]  # 200 x 32 floats: over 20 kB of answer
+        request = embed_request("tiny_text", [pb.Item(text=t) for t in texts])
+        assert request.ByteSize() < 5_000
+        expect_status(grpc.StatusCode.RESOURCE_EXHAUSTED, c.embed, request,
+                      match="over the server's message limit of 20000")  # fmt: skip
+        assert _metric(server, "embedder_items_total", model="tiny_text/1") == 0  # nothing ran
+        assert c.embed_texts("tiny_text", texts).shape == (200, 32)  # the client splits it
+
+
+def big_png(side: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (120, 60, 30)).save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def test_one_bad_item_drops_the_rest_of_its_decodes(tiny_repo, monkeypatch):
+    import embedder.inputs
+
+    decoded = []
+    real = embedder.inputs.preprocess_image_bytes
+
+    def counting(*args):
+        decoded.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(embedder.inputs, "preprocess_image_bytes", counting)
+    with (
+        running_server(tiny_repo, preprocess_threads=1) as server,
+        EmbedderClient(server.target) as c,
+    ):
+        items = [pb.Item(image=b"junk")] + [pb.Item(image=big_png(1500))] * 40
+        expect_status(grpc.StatusCode.INVALID_ARGUMENT, c.embed,
+                      embed_request("tiny_image", items), match="item 0")  # fmt: skip
+        time.sleep(1.0)  # long enough for the 40 decodes had they been left queued
+        assert len(decoded) < 10
+        assert c.embed_images("tiny_image", [png()]).shape == (1, 24)
+
+
+def test_items_being_decoded_count_against_the_queue(tiny_repo):
+    batching = BatchingConfig(max_batch_size=8, max_queue_size=8)
+    with (
+        running_server(tiny_repo, batching=batching, preprocess_threads=1) as server,
+        EmbedderClient(server.target) as c,
+    ):
+        slow = embed_request("tiny_image", [pb.Item(image=big_png(3000))] * 8)
+        worker = threading.Thread(target=c.embed, args=(slow,))
+        started = time.monotonic()
+        worker.start()  # eight large decodes on one thread: the queue's room is all taken
+        time.sleep(0.15)
+        expect_status(grpc.StatusCode.RESOURCE_EXHAUSTED, c.embed_images, "tiny_image", [png()],
+                      match="8 items waiting")  # fmt: skip
+        worker.join(30)
+        assert time.monotonic() - started > 0.3  # the refusal came while they were decoding
+        bad = embed_request("tiny_image", [pb.Item(image=png())] * 7 + [pb.Item(image=b"junk")])
+        for _ in range(3):  # failed requests give their room back
+            expect_status(grpc.StatusCode.INVALID_ARGUMENT, c.embed, bad, match="item 7")
+        assert c.embed_images("tiny_image", [png()] * 8).shape == (8, 24)
+
+
+def test_one_fast_stream_is_slowed_down_not_refused(tiny_repo):
+    batching = BatchingConfig(max_batch_size=8, max_queue_size=32)
+    with running_server(tiny_repo, batching=batching) as server, EmbedderClient(server.target) as c:
+        requests = [
+            embed_request(
+                "tiny_text", [pb.Item(text=f"text {i} {j}") for j in range(8)], request_id=str(i)
+            )  # fmt: skip
+            for i in range(60)
+        ]
+        responses = list(c.stub.EmbedStream(iter(requests)))
+    assert [r.error.message for r in responses if r.HasField("error")] == []
+    assert [r.request_id for r in responses] == [str(i) for i in range(60)]
+
+
+def test_deadline_passed_while_queued_is_counted(tiny_repo):
+    batching = BatchingConfig(max_batch_size=8, max_queue_delay_ms=1000)
+    with running_server(tiny_repo, batching=batching) as server:
+        with EmbedderClient(server.target, timeout=0.2) as c:
+            expect_status(grpc.StatusCode.DEADLINE_EXCEEDED, c.embed_images, "tiny_image", [png()])
+        for _ in range(20):
+            if _metric(server, "embedder_errors_total", method="Embed", code="DEADLINE_EXCEEDED"):
+                break
+            time.sleep(0.1)
+        assert (
+            _metric(server, "embedder_errors_total", method="Embed", code="DEADLINE_EXCEEDED") == 1
+        )
