@@ -1,8 +1,9 @@
 """Dynamic batching per model: items from concurrent requests ride together in one run.
 
 A batch goes as soon as it is full or its oldest item has waited `max_queue_delay_ms`, on the
-first of `inference_streams` workers that is free; while batches run, the next ones fill. A
-full queue refuses at once (RESOURCE_EXHAUSTED) instead of letting latency grow without bound;
+first of `inference_streams` workers that is free; while batches run, the next ones fill. With
+single-threaded streams, a batch is split across the streams that are free, so a batch that
+comes alone still uses every core. A full queue refuses at once (RESOURCE_EXHAUSTED) instead of letting latency grow without bound;
 a request whose deadline has passed is dropped before compute.
 """
 
@@ -13,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -44,9 +45,15 @@ class DynamicBatcher:
         collate: Callable[[list[np.ndarray]], dict[str, np.ndarray]],
         config: BatchingConfig,
         on_batch: Callable[[int, float], None] | None = None,
+        split_min_items: int = 0,
     ):
+        config = replace(config, inference_streams=config.inference_streams or 1)
         self.name, self._run, self._collate, self.config = name, run, collate, config
         self._on_batch = on_batch
+        # With single-threaded streams, a batch is split across the streams that are free
+        # (parts of at least this many items; 0: never), so a lone batch still uses every core.
+        self._split_min_items = split_min_items
+        self._free_streams = config.inference_streams
         self._jobs: deque[_Job] = deque()
         self._queued_items = 0  # in _jobs
         self._reserved_items = 0  # admitted and not yet in a batch: preprocessing or queued
@@ -141,7 +148,7 @@ class DynamicBatcher:
     async def _next_batch(self) -> list[_Job]:
         limit, delay = self.config.max_batch_size, self.config.max_queue_delay_ms / 1000
         while True:  # several workers take from one queue: re-check after every wait
-            while not self._jobs:
+            while not self._jobs or not self._free_streams:  # (all streams busy with parts)
                 self._wakeup.clear()
                 await self._wakeup.wait()
             if self._queued_items >= limit:
@@ -185,6 +192,14 @@ class DynamicBatcher:
     def _collate_and_run(self, arrays: list[np.ndarray]) -> np.ndarray:
         return self._run(self._collate(arrays))
 
+    def _parts(self, arrays: list[np.ndarray]) -> list[list[np.ndarray]]:
+        """The batch in as many parts as there are free streams (each part big enough)."""
+        if not self._split_min_items:
+            return [arrays]
+        k = max(1, min(self._free_streams, len(arrays) // self._split_min_items))
+        bounds = np.linspace(0, len(arrays), k + 1).round().astype(int)
+        return [arrays[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -193,14 +208,23 @@ class DynamicBatcher:
                 continue
             started = time.monotonic()
             arrays = [a for job in batch for a in job.arrays]
+            parts = self._parts(arrays)
+            self._free_streams -= len(parts)
             try:
-                out = await loop.run_in_executor(self._executor, self._collate_and_run, arrays)
+                outs = await asyncio.gather(*(
+                    loop.run_in_executor(self._executor, self._collate_and_run, part)
+                    for part in parts
+                ))  # fmt: skip
+                out = outs[0] if len(outs) == 1 else np.concatenate(outs)
             except asyncio.CancelledError:  # closing: the callers must not wait forever
                 _fail(batch, NotReadyError(f"model {self.name!r} shut down mid-batch; retry"))
                 raise
             except Exception as exc:  # a failed run fails its batch, never the loop
                 _fail(batch, exc)
                 continue
+            finally:
+                self._free_streams += len(parts)
+                self._wakeup.set()  # a worker waiting for a free stream may go on
             self._expected = max(len(arrays), self._expected * 0.9)
             self._last_done = time.monotonic()
             inference_ms = (self._last_done - started) * 1000

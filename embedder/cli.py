@@ -27,7 +27,7 @@ def serve_parser() -> argparse.ArgumentParser:
         "--intra-op-threads",
         type=int,
         default=d.intra_op_threads,
-        help="onnxruntime threads, shared by the streams (0: one per core)",
+        help="onnxruntime threads per model session (0: the cores shared among the streams)",
     )
     p.add_argument("--preprocess-threads", type=int, default=d.preprocess_threads)
     p.add_argument("--max-batch-size", type=int, default=b.max_batch_size)
@@ -38,7 +38,8 @@ def serve_parser() -> argparse.ArgumentParser:
         "--inference-streams",
         type=int,
         default=b.inference_streams,
-        help="batches run side by side per model, each on its share of the cores",
+        help="batches run side by side per model (0: one single-threaded stream per core on a "
+        "CPU, a lone batch split across them; one on a GPU)",
     )
     p.add_argument("--max-items-per-request", type=int, default=d.max_items_per_request)
     p.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)

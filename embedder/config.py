@@ -34,14 +34,16 @@ class BatchingConfig:
     # never waits, its last batch held only its own item).
     returning_wait_ms: float = 5.0
     max_queue_size: int = 1024  # items waiting per model; beyond it: RESOURCE_EXHAUSTED
-    # Batches that run side by side (model instances sharing one session). One: a lone batch
-    # gets every core, the lowest latency. Two with --intra-op-threads 1 on a 2-core CPU: up to
-    # ~13% more throughput at saturation for small models, but a lone batch runs on one core.
-    inference_streams: int = 1
+    # Batches that run side by side on one session. 0: automatic, one single-threaded stream
+    # per core on a CPU (a batch that comes alone is split across the free streams, so it still
+    # uses every core), one on a GPU. One stream with every core is lower latency for a lone
+    # single-item request, slower under load (benchmark in the README).
+    inference_streams: int = 0
 
     def __post_init__(self) -> None:
-        check_ranges(self, at_least_one=("max_batch_size", "max_queue_size", "inference_streams"),
-                     not_negative=("max_queue_delay_ms", "returning_wait_ms"))  # fmt: skip
+        check_ranges(self, at_least_one=("max_batch_size", "max_queue_size"),
+                     not_negative=("max_queue_delay_ms", "returning_wait_ms",
+                                   "inference_streams"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class ServerConfig:
     address: str = "127.0.0.1:50051"
     provider: Provider = "auto"
     cpu_precision: Literal["fp32", "int8"] = "fp32"  # int8 only where the variant exists
-    intra_op_threads: int = 0  # onnxruntime threads, shared by the streams; 0: one per core
+    intra_op_threads: int = 0  # onnxruntime threads per session; 0: the cores / the streams
     preprocess_threads: int = max(2, os.cpu_count() or 2)
     batching: BatchingConfig = BatchingConfig()
     max_items_per_request: int = 256

@@ -7,7 +7,8 @@ back to CPU silently when CUDA cannot start, and a server must not claim a GPU i
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,19 @@ class ModelSession:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
+
+
+def thread_defaults(config: ServerConfig) -> ServerConfig:
+    """The server's automatic (0) thread settings made concrete: on a CPU, one single-threaded
+    inference stream per core; on a GPU, one stream; the cores shared among the streams."""
+    import onnxruntime as ort
+
+    on_gpu = provider_chain(config.provider, ort.get_available_providers())[0] != CPU
+    cores = len(os.sched_getaffinity(0))
+    streams = config.batching.inference_streams or (1 if on_gpu else cores)
+    threads = config.intra_op_threads or max(1, cores // streams)
+    batching = replace(config.batching, inference_streams=streams)
+    return replace(config, intra_op_threads=threads, batching=batching)
 
 
 def open_session(folder: Path, manifest: Manifest, config: ServerConfig) -> ModelSession:

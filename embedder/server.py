@@ -18,6 +18,7 @@ from .errors import EmbedderError
 from .interceptors import BearerTokenInterceptor
 from .metrics import Metrics
 from .repository import ModelRepository
+from .runtime import thread_defaults
 from .service import EmbedderService
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class EmbedderServer:
     """Start with `await start()`, stop with `await stop()`; `port` is the bound port."""
 
     def __init__(self, config: ServerConfig):
-        self.config = config
+        self.config = config = thread_defaults(config)
         self.metrics = Metrics()
         self.health = health.aio.HealthServicer()
         self.repository: ModelRepository | None = None

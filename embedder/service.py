@@ -28,6 +28,7 @@ from .status import status_for, stream_rpc, unary_rpc
 
 _ITEM_NUMBER = re.compile(r"^item (\d+):")
 INLINE_TEXT_CHARS = 2048  # tokenising this much takes ~0.1 ms: cheaper than a thread hop
+SPLIT_MIN_ITEMS = 4  # smallest part of a batch split across streams (CNNs: fastest per image)
 
 
 class LoadedModel:
@@ -51,8 +52,12 @@ class LoadedModel:
             batch_size.observe(items)
             inference.observe(inference_ms)
 
+        # Single-threaded streams on a CPU: a batch alone is split across the free streams.
+        streams = config.batching.inference_streams
+        single = config.intra_op_threads == 1 and streams > 1 and not session.on_gpu
+        split = SPLIT_MIN_ITEMS if single else 0
         self.batcher = DynamicBatcher(
-            self.key, session.run, self.preprocessor.collate, config.batching, on_batch
+            self.key, session.run, self.preprocessor.collate, config.batching, on_batch, split
         )
         self.cache: ServingCache | None = None
         if config.cache is not None and not m.heads:  # the cache holds embeddings only

@@ -205,3 +205,25 @@ def test_reserved_room_counts_until_submitted_or_released(session):
         return out
 
     assert asyncio.run(main()).shape == (4, 24)
+
+
+def test_a_lone_batch_is_split_across_free_single_threaded_streams(session):
+    async def main():
+        calls = []
+        config = BatchingConfig(max_batch_size=16, max_queue_delay_ms=20, inference_streams=2)
+        b = DynamicBatcher("tiny", lambda feeds: (calls.append(len(feeds["pixels"])),
+                                                  session.run(["features"], feeds)[0])[1],
+                           lambda a: {"pixels": np.stack(a)}, config, split_min_items=4)  # fmt: skip
+        b.start()
+        lone, _ = await b.submit(items(10))  # both streams free: two parts
+        small, _ = await b.submit(items(5, seed=1))  # too small for two parts of 4
+        await b.close()
+        return calls, lone, small
+
+    calls, lone, small = asyncio.run(main())
+    assert sorted(calls[:2]) == [5, 5] and calls[2:] == [5]
+    np.testing.assert_allclose(lone, session.run(["features"], {"pixels": np.stack(items(10))})[0],
+                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        small, session.run(["features"], {"pixels": np.stack(items(5, seed=1))})[0], atol=1e-5
+    )

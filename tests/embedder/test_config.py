@@ -15,7 +15,7 @@ from embedder.features_cli import main as features_main
     "config, setting",
     [
         (BatchingConfig, {"max_batch_size": 0}),
-        (BatchingConfig, {"inference_streams": 0}),
+        (BatchingConfig, {"inference_streams": -1}),
         (BatchingConfig, {"max_queue_delay_ms": -1}),
         (BatchingConfig, {"returning_wait_ms": math.nan}),
         (ServerConfig, {"preprocess_threads": 0}),
@@ -64,3 +64,19 @@ def test_serve_reports_a_taken_port_and_unreadable_tls_files(tiny_repo, tmp_path
     missing = ["--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")]
     assert serve_main(["--repo", str(tiny_repo), "--address", "127.0.0.1:0", *missing]) == 2
     assert "cannot read the TLS key or certificate" in capsys.readouterr().err
+
+
+def test_automatic_thread_settings(monkeypatch):
+    import os
+
+    from embedder.runtime import thread_defaults
+
+    cores = len(os.sched_getaffinity(0))
+    auto = thread_defaults(ServerConfig(provider="cpu"))
+    assert (auto.batching.inference_streams, auto.intra_op_threads) == (cores, 1)
+    one = thread_defaults(
+        ServerConfig(provider="cpu", batching=BatchingConfig(inference_streams=1))
+    )
+    assert (one.batching.inference_streams, one.intra_op_threads) == (1, cores)
+    fixed = thread_defaults(ServerConfig(provider="cpu", intra_op_threads=3))
+    assert fixed.intra_op_threads == 3

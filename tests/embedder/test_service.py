@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import shutil
 import threading
 import time
@@ -54,7 +55,8 @@ def test_list_and_get_model(client):
     image = models["tiny_image"]
     assert (image.modality, image.dim, image.version, image.precision) == ("image", 24, "1", "fp32")
     assert image.providers == ["CPUExecutionProvider"]
-    assert (image.batching.max_batch_size, image.batching.inference_streams) == (32, 1)
+    cores = len(os.sched_getaffinity(0))  # automatic: one single-threaded stream per core
+    assert (image.batching.max_batch_size, image.batching.inference_streams) == (32, cores)
     assert json.loads(image.preprocess_json)["size"] == [32, 32]
     info = client.stub.GetModel(pb.GetModelRequest(model="tiny_text"))
     assert (info.modality, info.dim) == ("text", 32)
