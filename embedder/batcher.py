@@ -3,8 +3,9 @@
 A batch goes as soon as it is full or its oldest item has waited `max_queue_delay_ms`, on the
 first of `inference_streams` workers that is free; while batches run, the next ones fill. With
 single-threaded streams, a batch is split across the streams that are free, so a batch that
-comes alone still uses every core. A full queue refuses at once (RESOURCE_EXHAUSTED) instead of letting latency grow without bound;
-a request whose deadline has passed is dropped before compute.
+comes alone still uses every core. A full queue refuses at once (RESOURCE_EXHAUSTED) instead
+of letting latency grow without bound; a request whose deadline has passed is dropped before
+compute.
 """
 
 from __future__ import annotations
