@@ -33,7 +33,7 @@ from .inputs import Preprocessor, RawItem
 from .manifest import Manifest
 from .preprocess import DEFAULT_MAX_PIXELS
 from .repository import version_key
-from .runtime import CPU, ModelSession, model_file, open_session, provider_chain
+from .runtime import CPU, CPU_IMAGE_BATCH, ModelSession, model_file, open_session, provider_chain
 from .sources import SourceItem
 
 Engine = Literal["local", "server", "ray"]
@@ -137,7 +137,7 @@ def batch_size_for(config: BatchExportConfig, manifest: Manifest) -> int:
         return 32  # items per request: the server forms its own batches
     if _on_gpu(config.provider):
         return 64
-    return 4 if manifest.modality == "image" else 32
+    return CPU_IMAGE_BATCH if manifest.modality == "image" else 32
 
 
 class LazySession:

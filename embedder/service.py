@@ -22,7 +22,7 @@ from .errors import InputError, MessageTooLargeError, ModelNotFoundError, NotRea
 from .inputs import Preprocessor, RawItem, tensor_from_bytes
 from .metrics import Metrics
 from .repository import ModelRepository
-from .runtime import ModelSession
+from .runtime import CPU_IMAGE_BATCH, ModelSession, in_chunks
 from .serving_cache import ServingCache
 from .status import status_for, stream_rpc, unary_rpc
 
@@ -56,8 +56,13 @@ class LoadedModel:
         streams = config.batching.inference_streams
         single = config.intra_op_threads == 1 and streams > 1 and not session.on_gpu
         split = SPLIT_MIN_ITEMS if single else 0
+        # The batcher groups requests into batches of up to max_batch_size; an image model on
+        # a CPU then runs them in chunks of the size it is fastest at.
+        run = session.run
+        if m.modality == "image" and not session.on_gpu:
+            run = in_chunks(session.run, CPU_IMAGE_BATCH)
         self.batcher = DynamicBatcher(
-            self.key, session.run, self.preprocessor.collate, config.batching, on_batch, split
+            self.key, run, self.preprocessor.collate, config.batching, on_batch, split
         )
         self.cache: ServingCache | None = None
         if config.cache is not None and not m.heads:  # the cache holds embeddings only

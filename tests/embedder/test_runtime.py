@@ -62,3 +62,22 @@ def test_cuda_requested_without_it_refuses_to_start(tiny_repo):
         open_session(folder, Manifest.read(folder), ServerConfig(provider="cuda"))
     auto = open_session(folder, Manifest.read(folder), ServerConfig(provider="auto"))
     assert auto.providers == [CPU] and not auto.on_gpu and auto.precision == "fp32"
+
+
+def test_in_chunks_runs_consecutive_slices(tiny_repo):
+    import numpy as np
+
+    from embedder.runtime import in_chunks
+
+    folder = tiny_repo / "tiny_image" / "1"
+    session = open_session(folder, Manifest.read(folder), ServerConfig(provider="cpu"))
+    sizes = []
+
+    def run(feeds):
+        sizes.append(len(feeds["pixels"]))
+        return session.run(feeds)
+
+    pixels = np.random.default_rng(0).integers(0, 256, (10, 32, 32, 3), np.uint8)
+    out = in_chunks(run, 4)({"pixels": pixels})
+    assert sizes == [4, 4, 2]
+    np.testing.assert_allclose(out, session.run({"pixels": pixels}), atol=1e-5)
