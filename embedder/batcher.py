@@ -212,10 +212,16 @@ class DynamicBatcher:
             parts = self._parts(arrays)
             self._free_streams -= len(parts)
             try:
-                outs = await asyncio.gather(*(
-                    loop.run_in_executor(self._executor, self._collate_and_run, part)
-                    for part in parts
-                ))  # fmt: skip
+                outs = await asyncio.gather(
+                    *(
+                        loop.run_in_executor(self._executor, self._collate_and_run, part)
+                        for part in parts
+                    ),
+                    return_exceptions=True,
+                )  # every part ends before its stream counts as free
+                for part_out in outs:
+                    if isinstance(part_out, BaseException):
+                        raise part_out
                 out = outs[0] if len(outs) == 1 else np.concatenate(outs)
             except asyncio.CancelledError:  # closing: the callers must not wait forever
                 _fail(batch, NotReadyError(f"model {self.name!r} shut down mid-batch; retry"))

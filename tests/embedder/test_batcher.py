@@ -227,3 +227,16 @@ def test_a_lone_batch_is_split_across_free_single_threaded_streams(session):
     np.testing.assert_allclose(
         small, session.run(["features"], {"pixels": np.stack(items(5, seed=1))})[0], atol=1e-5
     )
+
+
+def test_a_failing_part_fails_its_batch_and_frees_its_streams(session):
+    async def main():
+        config = BatchingConfig(max_batch_size=16, inference_streams=2)
+        b = DynamicBatcher("x", lambda feeds: 1 / 0, lambda a: a, config, split_min_items=4)
+        b.start()
+        for _ in range(3):  # answered every time: the streams came back after each failure
+            with pytest.raises(ZeroDivisionError):
+                await asyncio.wait_for(b.submit(items(8)), 10)
+        await b.close()
+
+    asyncio.run(main())
