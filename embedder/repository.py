@@ -8,7 +8,7 @@ from pathlib import Path
 from .config import ServerConfig
 from .errors import EmbedderError, ModelNotFoundError
 from .manifest import MANIFEST_NAME, Manifest
-from .runtime import ModelSession, open_session, provider_chain
+from .runtime import ModelSession, open_session
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,6 @@ class ModelRepository:
         root = Path(config.repository)
         if not root.is_dir():
             raise EmbedderError(f"model repository {root} is not a folder; export models first")
-        import onnxruntime as ort
-
-        # A provider this onnxruntime lacks fails the start once, not every model one by one.
-        provider_chain(config.provider, ort.get_available_providers())
         models: dict[str, dict[str, ModelSession]] = {}
         refused: dict[str, str] = {}
         for manifest_path in sorted(root.glob(f"*/*/{MANIFEST_NAME}")):

@@ -93,7 +93,8 @@ class ModelSession:
 
 def thread_defaults(config: ServerConfig) -> ServerConfig:
     """The server's automatic (0) thread settings made concrete: on a CPU, one single-threaded
-    inference stream per core; on a GPU, one stream; the cores shared among the streams."""
+    inference stream per core; on a GPU, one stream; the cores shared among the streams. A GPU
+    provider this onnxruntime lacks fails here, once, before any model is loaded."""
     import onnxruntime as ort
 
     on_gpu = provider_chain(config.provider, ort.get_available_providers())[0] != CPU

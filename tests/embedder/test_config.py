@@ -66,7 +66,7 @@ def test_serve_reports_a_taken_port_and_unreadable_tls_files(tiny_repo, tmp_path
     assert "cannot read the TLS key or certificate" in capsys.readouterr().err
 
 
-def test_automatic_thread_settings(monkeypatch):
+def test_automatic_thread_settings():
     import os
 
     from embedder.runtime import thread_defaults
