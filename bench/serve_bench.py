@@ -1,7 +1,7 @@
 """In-process onnxruntime vs the gRPC service over loopback: same model, same machine, one run.
 
     python bench/serve_bench.py --repo models --rounds 3        # CPU, medians of 3 rounds
-    python bench/serve_bench.py --repo models --provider cuda   # GPU: fp16 + IO binding
+    python bench/serve_bench.py --repo models --provider cuda --json gpu.json   # GPU
 
 In-process: the model's session on ready inputs (uint8 pixels; for text, tokenisation included).
 Service: `embedder-serve` in its own process; images sent as raw uint8 tensors, texts as text,
@@ -11,12 +11,18 @@ throughput (one run with all cores, or two side by side: the ceiling), and the C
 (Linux): in-process, the process; service, the server and the client processes together. The
 last column is the ratio a cell would reach with every core busy all the time at that cost: the
 bound that per-request overhead alone sets, before any idle time.
+
+On a GPU (`--provider cuda`) the ceiling is raw onnxruntime-CUDA with IO binding on the model's
+own fp16 session (bench/ort_cuda.py): batch 64 with host in/out (what a server must do) and,
+for reference, inputs and output kept on the device; the service cells are 1 x 1, 1 x 64,
+4 x 64 and 64 single-item clients, and the CPU columns include CUDA's waiting threads.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -27,6 +33,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ort_cuda import TEXTS, host_io, on_device, ready_inputs  # noqa: E402
 
 from embedder.client import AsyncEmbedderClient, embed_request, image_item  # noqa: E402
 from embedder.config import BatchingConfig, ServerConfig  # noqa: E402
@@ -34,13 +43,6 @@ from embedder.manifest import Manifest  # noqa: E402
 from embedder.preprocess import TextTokenizer  # noqa: E402
 from embedder.runtime import open_session  # noqa: E402
 from protos.embedder.v1 import embedder_pb2 as pb  # noqa: E402
-
-TEXTS = [
-    "The striker scored twice in the second half to win the cup final for the home side.",
-    "Stock markets fell sharply after the central bank raised interest rates again.",
-    "A cup of espresso on a wooden table next to a newspaper.",
-    "Astronauts prepare for a launch to the international space station next week.",
-]
 
 
 def cpu_seconds(pid: int | None = None) -> float:
@@ -58,7 +60,7 @@ def cpu_seconds(pid: int | None = None) -> float:
 def timed_loop(call, seconds: float) -> list[float]:
     latencies, end = [], time.perf_counter() + seconds
     call()  # warm
-    while time.perf_counter() < end:
+    while time.perf_counter() < end or len(latencies) < 2:
         t = time.perf_counter()
         call()
         latencies.append(time.perf_counter() - t)
@@ -107,6 +109,32 @@ def in_process(repo: Path, name: str, provider: str, seconds: float) -> list[dic
     return rows
 
 
+def raw_cuda(repo: Path, name: str, seconds: float) -> list[dict]:
+    """Raw onnxruntime-CUDA with IO binding on the fp16 session the server would open: batch 1
+    and 64 with host in/out, two callers at 64, and batch 64 kept on the device."""
+    folder = repo / name / "1"
+    config = ServerConfig(provider="cuda", batching=BatchingConfig(max_batch_size=64))
+    session = open_session(folder, Manifest.read(folder), config)
+    rows = []
+    for batch, callers in ((1, 1), (64, 1), (64, 2)):
+        feeds = ready_inputs(session, batch)
+        t0, cpu0 = time.perf_counter(), cpu_seconds()
+        rate, lat = host_io(session, feeds, seconds, callers)
+        wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+        rows.append(row(RAW_HOST, batch, callers, rate * wall, wall, lat, cpu))
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
+    rate, lat = on_device(session, ready_inputs(session, 64), seconds)
+    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+    rows.append(row(RAW_DEVICE, 64, 1, rate * wall, wall, lat, cpu))
+    return rows
+
+
+RAW_HOST = "raw ORT-CUDA, IO binding, host in/out"
+RAW_DEVICE = "raw ORT-CUDA, IO binding, on the device"
+CPU_CELLS = ((1, 1), (8, 1), (32, 1), (32, 4), (1, 8), (1, 32))
+GPU_CELLS = ((1, 1), (64, 1), (64, 4), (1, 64))
+
+
 def items_for(manifest: Manifest, n: int) -> list[pb.Item]:
     if manifest.modality == "text":
         return [pb.Item(text=t) for t in (TEXTS * n)[:n]]
@@ -118,7 +146,7 @@ def items_for(manifest: Manifest, n: int) -> list[pb.Item]:
 async def _client_loop(client: AsyncEmbedderClient, request, seconds: float) -> list[float]:
     latencies, end = [], time.perf_counter() + seconds
     await client.embed(request)  # warm
-    while time.perf_counter() < end:
+    while time.perf_counter() < end or len(latencies) < 2:
         t = time.perf_counter()
         await client.embed(request)
         latencies.append(time.perf_counter() - t)
@@ -137,10 +165,11 @@ async def _clients(target: str, request, clients: int, seconds: float, server_pi
         return time.perf_counter() - t0, [x for lat in per for x in lat], cpu
 
 
-def service(target: str, server_pid: int, repo: Path, name: str, seconds: float) -> list[dict]:
+def service(target: str, server_pid: int, repo: Path, name: str, seconds: float,
+            cells) -> list[dict]:  # fmt: skip
     manifest = Manifest.read(repo / name / "1")
     rows = []
-    for batch, clients in ((1, 1), (8, 1), (32, 1), (32, 4), (1, 8), (1, 32)):
+    for batch, clients in cells:
         request = embed_request(name, items_for(manifest, batch))
         wall, lat, cpu = asyncio.run(_clients(target, request, clients, seconds, server_pid))
         rows.append(row("service", batch, clients, batch * len(lat), wall, lat, cpu))
@@ -173,13 +202,15 @@ def start_server(args: argparse.Namespace) -> subprocess.Popen:
         "WARNING",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    if "listening" not in line:
-        raise RuntimeError(f"server did not start: {line!r}")
-    return proc
+    seen = []  # onnxruntime's DLL preloading may print before the server's line
+    for line in proc.stdout:
+        if "listening" in line:
+            return proc
+        seen.append(line)
+    raise RuntimeError(f"server did not start: {''.join(seen)!r}")
 
 
-HEADER = """| model | mode | batch | clients | items/s | p50 ms | p99 ms | vs best in-process batch 32 | CPU core-ms / item | CPU bound |
+HEADER = """| model | mode | batch | clients | items/s | p50 ms | p99 ms | vs {ceiling} | CPU core-ms / item | CPU bound |
 |---|---|---|---|---|---|---|---|---|---|"""
 
 
@@ -193,49 +224,70 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=4.0, help="per cell")
     p.add_argument("--rounds", type=int, default=1, help="repeat the table, print medians")
     p.add_argument("--port", type=int, default=50917)
-    p.add_argument("--max-batch-size", type=int, default=32, help="server batching limit")
+    p.add_argument("--max-batch-size", type=int, default=0,
+                   help="server batching limit (0: 32 on a CPU, 64 on a GPU)")  # fmt: skip
     p.add_argument("--max-queue-delay-ms", type=float, default=0.0, help="server batching delay")
     p.add_argument("--inference-streams", type=int, default=BatchingConfig.inference_streams)
     p.add_argument("--intra-op-threads", type=int, default=0, help="server threads per stream")
+    p.add_argument("--json", type=Path, help="also write every cell here")
     args = p.parse_args()
-    print(HEADER)
+    gpu = args.provider != "cpu"
+    args.max_batch_size = args.max_batch_size or (64 if gpu else 32)
+    ceiling = RAW_HOST + " batch 64" if gpu else "best in-process batch 32"
+    print(HEADER.format(ceiling=ceiling))
+    results = {}
     for name in args.models:
         rounds = []
         for _ in range(args.rounds):  # in-process and service alternate: drift hits both
-            rows = in_process(args.repo, name, args.provider, args.seconds)
+            if gpu:
+                rows = raw_cuda(args.repo, name, args.seconds)
+            else:
+                rows = in_process(args.repo, name, args.provider, args.seconds)
             server = start_server(args)
             try:
                 target = f"127.0.0.1:{args.port}"
-                rows += service(target, server.pid, args.repo, name, args.seconds)
+                cells = GPU_CELLS if gpu else CPU_CELLS
+                rows += service(target, server.pid, args.repo, name, args.seconds, cells)
             finally:
                 server.terminate()
                 server.wait(30)
             rounds.append(rows)
-        for r in median_rows(rounds):
+        results[name] = median_rows(rounds, gpu)
+        for r in results[name]:
             print(
                 f"| {name} | {r['mode']} | {r['batch']} | {r['clients']} | {r['items/s']:.1f} | "
                 f"{r['p50 ms']:.1f} | {r['p99 ms']:.1f} | {r['vs']:.2f} | {r['cpu ms']:.2f} | "
                 f"{r['bound']:.2f} |"
             )
+    if args.json:
+        settings = {k: v for k, v in vars(args).items() if k not in ("json", "repo")}
+        args.json.write_text(json.dumps({"settings": settings, "ceiling": ceiling,
+                                         "models": results}, indent=2))  # fmt: skip
 
 
-def median_rows(rounds: list[list[dict]]) -> list[dict]:
+def median_rows(rounds: list[list[dict]], gpu: bool = False) -> list[dict]:
     """Each cell's median over the rounds; its ratio is the median of the per-round ratios to
-    that round's ceiling (the best in-process batch-32 rate). The CPU bound is the rate every
-    core would give at the cell's CPU cost per item, as a ratio to the ceiling."""
+    that round's ceiling (the best in-process batch-32 rate; on a GPU, the best raw host-in/out
+    rate at batch 64). The CPU bound is the rate every core would give at the cell's CPU cost
+    per item, as a ratio to the ceiling. On a GPU, `vs device` is the ratio to the raw rate
+    with inputs and output kept on the device."""
     cores = len(os.sched_getaffinity(0))
+    keys = ["items/s", "p50 ms", "p99 ms", "vs", "cpu ms", "bound"] + (["vs device"] if gpu else [])
     for rows in rounds:
-        ceiling = max(r["items/s"] for r in rows if r["mode"] != "service" and r["batch"] == 32)
+        if gpu:
+            ceiling = max(r["items/s"] for r in rows if r["mode"] == RAW_HOST and r["batch"] == 64)
+            device = next(r["items/s"] for r in rows if r["mode"] == RAW_DEVICE)
+        else:
+            ceiling = max(r["items/s"] for r in rows if r["mode"] != "service" and r["batch"] == 32)
         for r in rows:
             r["vs"] = r["items/s"] / ceiling
             r["bound"] = cores * 1000 / r["cpu ms"] / ceiling
+            if gpu:
+                r["vs device"] = r["items/s"] / device
     return [
         {
             **cells[0],
-            **{
-                k: float(np.median([c[k] for c in cells]))
-                for k in ("items/s", "p50 ms", "p99 ms", "vs", "cpu ms", "bound")
-            },
+            **{k: float(np.median([c[k] for c in cells])) for k in keys},
         }  # fmt: skip
         for cells in zip(*rounds, strict=True)
     ]

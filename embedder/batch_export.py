@@ -103,8 +103,9 @@ def open_model(config: BatchExportConfig) -> ModelSession:
     )
     folder = _model_folder(config)
     manifest = Manifest.read(folder)
-    manifest.verify(folder)
-    return open_session(folder, manifest, server_config)
+    # On a GPU every batch, the last one too, runs at the one batch size: one cuDNN plan.
+    buckets = (batch_size_for(config, manifest),)
+    return open_session(folder, manifest, server_config, buckets)
 
 
 def worker_count(config: BatchExportConfig) -> int:
@@ -141,13 +142,24 @@ def batch_size_for(config: BatchExportConfig, manifest: Manifest) -> int:
 
 
 class LazySession:
-    """Opens the model on the first miss: a fully cached rerun never loads it."""
+    """Opens the model on the first miss: a fully cached rerun never loads it. On a GPU the
+    session is opened first (`identity()`): a GPU provider that does not start falls back to
+    fp32 on the CPU, and the cache must be the one of the file that really runs."""
 
-    def __init__(self, config: BatchExportConfig, identity: CacheIdentity):
-        self.config, self.identity = config, identity
+    def __init__(self, config: BatchExportConfig):
+        self.config = config
         self._session: ModelSession | None = None
         self._failure: Exception | None = None
         self._lock = threading.Lock()
+        self._identity: CacheIdentity | None = None
+
+    def identity(self, manifest: Manifest) -> CacheIdentity:
+        if self._identity is None:
+            if _on_gpu(self.config.provider):
+                self._identity = identity_for(self.get())
+            else:
+                self._identity = planned_identity(manifest, self.config.provider)
+        return self._identity
 
     def get(self) -> ModelSession:
         with self._lock:
@@ -159,7 +171,7 @@ class LazySession:
         if self._session is None:
             try:
                 session = open_model(self.config)
-                if identity_for(session) != self.identity:  # e.g. CUDA fell back to CPU
+                if self._identity is not None and identity_for(session) != self._identity:
                     raise EmbedderError(
                         f"{self.config.model}: the session runs {session.precision} on "
                         f"{session.providers}, not the file this cache was opened for"
@@ -271,9 +283,10 @@ def export_features(items: Iterable[SourceItem], config: BatchExportConfig) -> S
     started = time.perf_counter()
     items = list(items)
     folder = _model_folder(config) if config.engine == "local" else None
+    lazy = LazySession(config)
     if folder is not None:
         manifest = Manifest.read(folder)
-        identity = planned_identity(manifest, config.provider)
+        identity = lazy.identity(manifest)
     else:
         manifest, identity, limits = _server_model(config)
     cache = EmbeddingCache(config.cache, identity)
@@ -287,7 +300,7 @@ def export_features(items: Iterable[SourceItem], config: BatchExportConfig) -> S
     with ExitStack() as stack, _progress(len(items), config.progress) as bar:
         stack.callback(writer.flush)  # whatever was embedded survives an aborted run
         if pre is not None:
-            embed = _local_embedder(LazySession(config, identity), pre)
+            embed = _local_embedder(lazy, pre)
         else:
             embed = _server_embedder(config, manifest, limits, stack)
         batch_size, workers = batch_size_for(config, manifest), worker_count(config)

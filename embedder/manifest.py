@@ -166,13 +166,18 @@ class Manifest:
         """The sha256 of the file served at `precision` ("fp32" or an exported variant)."""
         return self.sha256 if precision == "fp32" else self.variants[precision].sha256
 
-    def verify(self, folder: str | Path) -> None:
-        """Refuse a model whose files do not match the digests recorded at export."""
-        files = {self.file: self.sha256} | {v.file: v.sha256 for v in self.variants.values()}
-        for name, expected in files.items():
+    def verify(self, folder: str | Path, precisions: tuple[str, ...] | None = None) -> None:
+        """Refuse files that do not match the digests recorded at export: the files served at
+        `precisions` ("fp32" or exported variants), or every file when None. A server checks
+        only what it will load, so a damaged variant it does not serve cannot take a model
+        offline."""
+        wanted = ("fp32", *self.variants) if precisions is None else precisions
+        for precision in wanted:
+            name = self.file if precision == "fp32" else self.variants[precision].file
             path = Path(folder) / name
             if not path.is_file():
                 raise ManifestError(f"{path} is named in the manifest but missing")
+            expected = self.file_sha256(precision)
             if (actual := sha256_file(path)) != expected:
                 raise ManifestError(
                     f"{path} sha256 {actual[:12]}... does not match the manifest's "

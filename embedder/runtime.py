@@ -51,6 +51,19 @@ def model_file(manifest: Manifest, on_gpu: bool, cpu_precision: str) -> tuple[st
     return manifest.file, "fp32"
 
 
+def batch_buckets(max_batch: int) -> tuple[int, ...]:
+    """Powers of two below `max_batch`, then `max_batch`: the batch shapes a GPU image model
+    runs (see ModelSession.batch_buckets)."""
+    sizes = [1 << i for i in range(max_batch.bit_length()) if 1 << i < max_batch]
+    return (*sizes, max_batch)
+
+
+def _pad_rows(feeds: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """Each input grown to `size` rows by repeating its last row (a valid input)."""
+    return {k: np.concatenate([v, np.repeat(v[-1:], size - len(v), axis=0)])
+            for k, v in feeds.items()}  # fmt: skip
+
+
 @dataclass(eq=False)  # identity-hashed: the service keys its per-model state by session
 class ModelSession:
     manifest: Manifest
@@ -58,6 +71,11 @@ class ModelSession:
     session: object  # onnxruntime.InferenceSession
     providers: list[str]
     precision: str
+    # On a GPU, an image model's batch is padded up to the next of these sizes. cuDNN builds
+    # its convolution plans per input shape, measured at 3-4 s for each new batch size of
+    # MobileNetV2 on an H200: a dynamic batcher would pay that on live requests for every
+    # size from 1 to its maximum. With buckets the shapes are few and warmed up at start.
+    batch_buckets: tuple[int, ...] = ()
 
     @property
     def on_gpu(self) -> bool:
@@ -79,16 +97,25 @@ class ModelSession:
         """(N, dim) features alone: a published model's head scores are not computed."""
         return self._outputs(["features"], feeds)[0]
 
+    def warm_up(self, feeds: dict[str, np.ndarray]) -> None:
+        """Run once at every bucket size (or as given), so no live request pays a first run."""
+        for size in self.batch_buckets or (len(next(iter(feeds.values()))),):
+            self._outputs(self.output_names, _pad_rows({k: v[:1] for k, v in feeds.items()}, size))
+
     def _outputs(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if not self.on_gpu:
             return self.session.run(names, feeds)
+        n = len(next(iter(feeds.values())))
+        size = next((b for b in self.batch_buckets if b >= n), n)
+        if size > n:
+            feeds = _pad_rows(feeds, size)
         binding = self.session.io_binding()  # IO binding: inputs copied once, outputs fetched once
         for name, value in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
         for name in names:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()
+        return [out[:n] for out in binding.copy_outputs_to_cpu()]
 
 
 def thread_defaults(config: ServerConfig) -> ServerConfig:
@@ -118,29 +145,81 @@ def in_chunks(run, size: int):
     return chunked
 
 
-def open_session(folder: Path, manifest: Manifest, config: ServerConfig) -> ModelSession:
+def provider_options(chain: list[str], folder: Path) -> list[tuple[str, dict[str, str]]]:
+    """Each provider with the options a server wants from it.
+
+    CUDA: cuDNN picks convolution algorithms by heuristics (the default, an exhaustive search,
+    would run on a live request for every new batch size); fp32 stays fp32 (no TF32), so a model
+    served without an fp16 variant matches its export. TensorRT builds fp16 engines from the
+    fp32 file and keeps them next to the model, so a restart does not rebuild them.
+    """
+    options: dict[str, dict[str, str]] = {
+        CUDA: {
+            "cudnn_conv_algo_search": "HEURISTIC",
+            "do_copy_in_default_stream": "1",
+            "use_tf32": "0",
+        },
+        TENSORRT: {
+            "trt_fp16_enable": "1",
+            "trt_engine_cache_enable": "1",
+            "trt_engine_cache_path": str(folder / ".trt-cache"),
+        },
+    }
+    return [(p, options.get(p, {})) for p in chain]
+
+
+def _check_placement(name: str, requested: Provider, in_use: list[str]) -> None:
+    """onnxruntime-gpu falls back to the CPU silently when a GPU provider cannot start: an
+    explicit request must get the provider it asked for, or the start fails."""
+    wanted = {"cuda": CUDA, "tensorrt": TENSORRT}.get(requested)
+    if wanted is not None and in_use[0] != wanted:
+        raise ProviderError(
+            f"{name}: {requested} was requested but the session runs on {in_use}; check the "
+            "driver, CUDA 13 and cuDNN 9 (and TensorRT 10 for tensorrt; onnxruntime logs the "
+            "reason above), or serve with --provider auto"
+        )
+
+
+def open_session(folder: Path, manifest: Manifest, config: ServerConfig,
+                 buckets: tuple[int, ...] | None = None) -> ModelSession:  # fmt: skip
+    """The model's session on the best provider there is, on the file for that provider; the
+    file is checked against the manifest's sha256 before it is loaded. `buckets`: the batch
+    sizes a GPU image model is padded to (default: batch_buckets of the server's largest
+    batch)."""
     import onnxruntime as ort
 
     chain = provider_chain(config.provider, ort.get_available_providers())
     if chain[0] != CPU and hasattr(ort, "preload_dlls"):
         ort.preload_dlls()  # CUDA / cuDNN from their pip packages
-    filename, precision = model_file(manifest, chain[0] != CPU, config.cpu_precision)
+    if chain[0] == TENSORRT:  # it builds its own fp16 engines from the fp32 graph
+        filename, precision = manifest.file, "fp32"
+    else:
+        filename, precision = model_file(manifest, chain[0] == CUDA, config.cpu_precision)
     options = ort.SessionOptions()
     options.intra_op_num_threads = config.intra_op_threads
     # No busy-waiting between ops: on a small machine the spinning threads would starve the
     # gRPC, decode and client threads that share its cores.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(folder / filename), options, providers=chain)
+    manifest.verify(folder, (precision,))
+    session = ort.InferenceSession(
+        str(folder / filename), options, providers=provider_options(chain, folder)
+    )
     in_use = session.get_providers()
-    if config.provider in ("cuda", "tensorrt") and CUDA not in in_use:
-        raise ProviderError(
-            f"{manifest.name}: CUDA was requested but the session runs on {in_use}; check the "
-            "driver, CUDA 13 and cuDNN 9 (onnxruntime logs the reason above)"
+    _check_placement(manifest.name, config.provider, in_use)
+    if in_use[0] == CPU and chain[0] != CPU:  # auto, and the GPU did not start
+        log.warning(
+            "%s: a GPU provider is installed but did not start (onnxruntime logs why above); "
+            "serving fp32 on the CPU",
+            manifest.name,
         )
-    if precision == "fp16" and in_use[0] == CPU:  # fell back: serve fp32 on the CPU instead
-        filename, precision = manifest.file, "fp32"
-        session = ort.InferenceSession(str(folder / filename), options, providers=[CPU])
-        in_use = session.get_providers()
+        if precision != "fp32":
+            filename, precision = manifest.file, "fp32"
+            manifest.verify(folder, (precision,))
+            session = ort.InferenceSession(str(folder / filename), options, providers=[CPU])
+            in_use = session.get_providers()
     log.info("%s/%s: %s on %s", manifest.name, manifest.version, filename, in_use)
-    return ModelSession(manifest, folder, session, in_use, precision)
+    model = ModelSession(manifest, folder, session, in_use, precision)
+    if model.on_gpu and manifest.modality == "image":
+        model.batch_buckets = buckets or batch_buckets(config.batching.max_batch_size)
+    return model

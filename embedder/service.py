@@ -74,7 +74,7 @@ class LoadedModel:
             arrays = self.preprocessor.texts(["warm up the encoder"])
         else:
             arrays = [np.zeros((*m.preprocess.size, 3), np.uint8)]
-        self.session.run(self.preprocessor.collate(arrays * 2))
+        self.session.warm_up(self.preprocessor.collate(arrays * 2))
 
 
 def raw_item(index: int, item: pb.Item) -> RawItem:

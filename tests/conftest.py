@@ -56,18 +56,9 @@ def tiny_bert_repo(tiny_bert_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_repo(tiny_bert_dir, tmp_path_factory) -> Path:
     """A repository with a tiny image model (32 px) and a tiny text model, fp32 and int8."""
-    from embedder.manifest import ImagePreprocess
-    from export import ExportConfig, export_backbone
-    from export.generic import hf_encoder_cfg, module_backbone_cfg
+    from tiny_models import export_tiny_repo
 
-    repo = tmp_path_factory.mktemp("tiny_repo")
-    image, image_cfg = module_backbone_cfg(
-        tiny_cnn(), "tiny_image", ImagePreprocess(size=(32, 32), resize_shorter=36)
-    )
-    export_backbone(ExportConfig("tiny_image", repo=repo, variants=("int8",)), image, image_cfg)
-    text, text_cfg = hf_encoder_cfg(tiny_bert_dir, "tiny_text", max_length=16)
-    export_backbone(ExportConfig("tiny_text", repo=repo), text, text_cfg)
-    return repo
+    return export_tiny_repo(tmp_path_factory.mktemp("tiny_repo"), tiny_bert_dir, ("int8",))
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,8 @@ class ServerThread:
 @contextlib.contextmanager
 def running_server(repo, **overrides) -> Iterator[ServerThread]:
     config = dataclasses.replace(
-        ServerConfig(repository=repo, address="127.0.0.1:0", preprocess_threads=4), **overrides
+        ServerConfig(repository=repo, address="127.0.0.1:0", preprocess_threads=4, provider="cpu"),
+        **overrides,
     )
     st = ServerThread(config)
     st.start()

@@ -79,3 +79,20 @@ def save_tiny_bert(folder) -> None:
         max_position_embeddings=64,
     )
     BertModel(config).eval().save_pretrained(str(folder))
+
+
+def export_tiny_repo(repo, bert_dir, image_variants=(), text_variants=(), max_length=16):
+    """A tiny image model (32 px) and a tiny text model exported into `repo`."""
+    from embedder.manifest import ImagePreprocess
+    from export import ExportConfig, export_backbone
+    from export.generic import hf_encoder_cfg, module_backbone_cfg
+
+    image, image_cfg = module_backbone_cfg(
+        tiny_cnn(), "tiny_image", ImagePreprocess(size=(32, 32), resize_shorter=36)
+    )
+    export_backbone(
+        ExportConfig("tiny_image", repo=repo, variants=image_variants), image, image_cfg
+    )
+    text, text_cfg = hf_encoder_cfg(bert_dir, "tiny_text", max_length=max_length)
+    export_backbone(ExportConfig("tiny_text", repo=repo, variants=text_variants), text, text_cfg)
+    return repo

@@ -50,7 +50,9 @@ def config(repo, cache, **kw):
 def expected_embeddings(repo, paths):
     cfg = Manifest.read(repo / "tiny_image" / "1").preprocess
     pixels = np.stack([preprocess_image_bytes(p.read_bytes(), cfg) for p in paths])
-    session = ort.InferenceSession(str(repo / "tiny_image" / "1" / "model.onnx"))
+    session = ort.InferenceSession(
+        str(repo / "tiny_image" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     return session.run(["features"], {"pixels": pixels})[0]
 
 
@@ -122,7 +124,7 @@ def test_text_tables_with_bad_lines(tiny_repo, tmp_path):
     keys, X, y, sources = rows_by_key(summary.dataset)
     folder = tiny_repo / "tiny_text" / "1"
     tok = TextTokenizer(folder / "tokenizer.json", Manifest.read(folder).preprocess)
-    session = ort.InferenceSession(str(folder / "model.onnx"))
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     by_source = dict(zip(sources, X, strict=True))
     np.testing.assert_allclose(
         by_source["texts.jsonl:0"], session.run(["features"], tok(["the cat sat"]))[0][0], atol=1e-5

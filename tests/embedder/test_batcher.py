@@ -15,7 +15,9 @@ from embedder.errors import DeadlineExceededError, NotReadyError, QueueFullError
 
 @pytest.fixture
 def session(tiny_repo):
-    return ort.InferenceSession(str(tiny_repo / "tiny_image" / "1" / "model.onnx"))
+    return ort.InferenceSession(
+        str(tiny_repo / "tiny_image" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
 
 
 def make(session, calls, **cfg):

@@ -81,3 +81,22 @@ def test_in_chunks_runs_consecutive_slices(tiny_repo):
     out = in_chunks(run, 4)({"pixels": pixels})
     assert sizes == [4, 4, 2]
     np.testing.assert_allclose(out, session.run({"pixels": pixels}), atol=1e-5)
+
+
+def test_gpu_batch_buckets_are_powers_of_two_up_to_the_largest_batch():
+    from embedder.runtime import batch_buckets
+
+    assert batch_buckets(64) == (1, 2, 4, 8, 16, 32, 64)
+    assert batch_buckets(48) == (1, 2, 4, 8, 16, 32, 48)
+    assert batch_buckets(1) == (1,)
+
+
+def test_a_padded_batch_repeats_its_last_row():
+    import numpy as np
+
+    from embedder.runtime import _pad_rows
+
+    feeds = {"input_ids": np.arange(6).reshape(3, 2), "attention_mask": np.ones((3, 2), int)}
+    padded = _pad_rows(feeds, 5)
+    assert padded["input_ids"].tolist() == [[0, 1], [2, 3], [4, 5], [4, 5], [4, 5]]
+    assert padded["attention_mask"].shape == (5, 2)

@@ -32,7 +32,9 @@ def _jpegs() -> list[bytes]:
 
 
 def _session(repo, name):
-    return ort.InferenceSession(str(repo / name / "1" / "model.onnx"))
+    return ort.InferenceSession(
+        str(repo / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0", "dinov2_small"])

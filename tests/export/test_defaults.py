@@ -48,7 +48,9 @@ def test_minilm_matches_sentence_transformers(default_repo):
     folder = default_repo / "minilm_l6" / "1"
     m = Manifest.read(folder)
     inputs = TextTokenizer(folder / "tokenizer.json", m.preprocess)(list(SAMPLE_SENTENCES))
-    ours = ort.InferenceSession(str(folder / "model.onnx")).run(["features"], inputs)[0]
+    ours = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["features"], inputs
+    )[0]
     model_dir = weights_file(get_pretrained_cfg("minilm_l6").weights).parent
     reference = SentenceTransformer(str(model_dir), device="cpu").encode(list(SAMPLE_SENTENCES))
     np.testing.assert_allclose(ours, reference, atol=1e-4)
@@ -59,7 +61,9 @@ def test_dinov2_features_separate_cats_from_coffee(default_repo):
     folder = default_repo / "dinov2_small" / "1"
     m = Manifest.read(folder)
     names, pixels = sample_pixels(m.preprocess)
-    feats = ort.InferenceSession(str(folder / "model.onnx")).run(["features"], {"pixels": pixels})
+    feats = ort.InferenceSession(
+        str(folder / "model.onnx"), providers=["CPUExecutionProvider"]
+    ).run(["features"], {"pixels": pixels})
     f = feats[0] / np.linalg.norm(feats[0], axis=1, keepdims=True)
     sim = f @ f.T
     i = {n: k for k, n in enumerate(names)}

@@ -39,7 +39,9 @@ def test_graph_normalises_inside_and_matches_torch(cnn, tmp_path):
     import torch
 
     _export(cnn, tmp_path)
-    session = ort.InferenceSession(str(tmp_path / "tiny/1/model.onnx"))
+    session = ort.InferenceSession(
+        str(tmp_path / "tiny/1/model.onnx"), providers=["CPUExecutionProvider"]
+    )
     _, pixels = sample_pixels(SMALL)
     ours = session.run(["features"], {"pixels": pixels})[0]
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
@@ -53,7 +55,9 @@ def test_graph_normalises_inside_and_matches_torch(cnn, tmp_path):
 @pytest.mark.parametrize("batch", [1, 3, 7])
 def test_dynamic_batch_axis(cnn, tmp_path, batch):
     _export(cnn, tmp_path)
-    session = ort.InferenceSession(str(tmp_path / "tiny/1/model.onnx"))
+    session = ort.InferenceSession(
+        str(tmp_path / "tiny/1/model.onnx"), providers=["CPUExecutionProvider"]
+    )
     pixels = np.random.default_rng(1).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
     assert session.run(["features"], {"pixels": pixels})[0].shape == (batch, 24)
 
@@ -103,5 +107,7 @@ def test_variants_recorded_with_cosine(cnn, tmp_path):
     assert 0.5 < m.variants["int8"].cosine_to_fp32_min <= 1.0 + 1e-9
     Manifest.read(tmp_path / "tiny/1").verify(tmp_path / "tiny/1")
     for v in m.variants.values():
-        session = ort.InferenceSession(str(tmp_path / "tiny/1" / v.file))
+        session = ort.InferenceSession(
+            str(tmp_path / "tiny/1" / v.file), providers=["CPUExecutionProvider"]
+        )
         assert session.get_inputs()[0].name == "pixels"

@@ -34,7 +34,9 @@ def test_dynamic_batch_and_sequence_match_torch(tiny_bert_repo, tiny_bert_dir, t
     folder = tiny_bert_repo / "tinybert" / "1"
     m = Manifest.read(folder)
     inputs = TextTokenizer(folder / "tokenizer.json", m.preprocess)(texts)
-    ours = ort.InferenceSession(str(folder / "model.onnx")).run(["features"], inputs)[0]
+    ours = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["features"], inputs
+    )[0]
     model = AutoModel.from_pretrained(str(tiny_bert_dir)).eval()
     with torch.no_grad():
         ids, mask = (torch.from_numpy(inputs[k]) for k in ("input_ids", "attention_mask"))
@@ -48,7 +50,7 @@ def test_dynamic_batch_and_sequence_match_torch(tiny_bert_repo, tiny_bert_dir, t
 def test_padding_does_not_change_an_embedding(tiny_bert_repo):
     folder = tiny_bert_repo / "tinybert" / "1"
     tok = TextTokenizer(folder / "tokenizer.json", Manifest.read(folder).preprocess)
-    session = ort.InferenceSession(str(folder / "model.onnx"))
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     alone = session.run(["features"], tok(["dog"]))[0]
     padded = session.run(["features"], tok(["dog", "the cat sat on the mat"]))[0]
     np.testing.assert_allclose(alone[0], padded[0], atol=1e-5)

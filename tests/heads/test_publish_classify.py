@@ -65,7 +65,9 @@ def test_published_classify_equals_sklearn(tiny_repo, trained, tmp_path):
     from heads.persist import load_head
 
     images = sorted((root / "images").rglob("*.png"))
-    backbone = ort.InferenceSession(str(tiny_repo / "tiny_image" / "1" / "model.onnx"))
+    backbone = ort.InferenceSession(
+        str(tiny_repo / "tiny_image" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     from embedder.preprocess import preprocess_image_bytes
 
     pixels = np.stack([preprocess_image_bytes(p.read_bytes(), m.preprocess) for p in images])

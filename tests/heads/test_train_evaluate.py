@@ -120,7 +120,9 @@ def test_skops_round_trip_and_onnx_head_match_sklearn(digits, tmp_path):
     np.testing.assert_array_equal(pipeline.predict(X[800:]), head.predict(X[800:]))
     assert info.classes == [str(c) for c in head.classes] and info.backbone["digest"] == "abc"
     onnx_model = head_to_onnx(pipeline, 64)
-    session = ort.InferenceSession(onnx_model.SerializeToString())
+    session = ort.InferenceSession(
+        onnx_model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
     label, scores = session.run(None, {"features": X[800:]})
     np.testing.assert_array_equal(label, pipeline.predict(X[800:]))
     np.testing.assert_allclose(scores, scores_of(pipeline, X[800:]), atol=1e-4)

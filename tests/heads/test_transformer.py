@@ -90,7 +90,7 @@ def test_text_model_equals_the_onnx_session_locally_and_through_the_server(tiny_
     texts = ["the cat sat on the mat", "dog"]  # padded together in one batch
     folder = tiny_repo / "tiny_text" / "1"
     tok = TextTokenizer(folder / "tokenizer.json", Manifest.read(folder).preprocess)
-    session = ort.InferenceSession(str(folder / "model.onnx"))
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     alone = np.concatenate([session.run(["features"], tok([t]))[0] for t in texts])
     local = Embeddings("tiny_text", repo=tiny_repo).fit(["x"]).transform(texts)
     remote = Embeddings("tiny_text", server=tiny_server.target).fit(["x"]).transform(texts)

@@ -1,0 +1,147 @@
+"""fp16 on the GPU against fp32 on the CPU, for the models the service runs in fp16.
+
+    python bench/gpu_fidelity.py save  --repo models --out refs.npz   # here: fp32 on the CPU
+    python bench/gpu_fidelity.py check --repo models --refs refs.npz  # there: fp16 on CUDA
+
+`save` keeps the inputs (32 photo crops, preprocessed; 16 whole BBC articles, truncated to the
+model's 256 tokens, and 16 short sentences) with their fp32 outputs, so the GPU machine needs
+neither the fp32 files nor the data. `check` runs the fp16 file on CUDA at batch 1, 7 and 32,
+and prints the minimum and mean cosine and whether any output is NaN or infinite; then the
+first and second call time for batch sizes not seen before (convolution algorithm choice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from embedder.config import ServerConfig  # noqa: E402
+from embedder.inputs import Preprocessor, RawItem  # noqa: E402
+from embedder.manifest import Manifest  # noqa: E402
+from embedder.runtime import open_session  # noqa: E402
+
+SENTENCES = [
+    "A cup of espresso on a wooden table.",
+    "The cat sleeps on the sofa all afternoon.",
+    "Stock markets fell sharply after the rate rise.",
+    "Astronauts prepare for a launch next week.",
+]
+BATCHES = (1, 7, 32)
+NEW_SIZES = (3, 5, 9, 17, 33, 64)
+
+
+def photo_crops(n: int) -> list[bytes]:
+    import skimage.data
+    from PIL import Image
+
+    photos = [skimage.data.coffee(), skimage.data.chelsea(), skimage.data.astronaut(),
+              skimage.data.rocket(), skimage.data.retina()]  # fmt: skip
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        size = int(rng.integers(min(h, w) // 3, min(h, w)))
+        top, left = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+        buf = io.BytesIO()
+        Image.fromarray(photo[top : top + size, left : left + size]).save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def inputs(name: str, folder: Path) -> list:
+    """One model's 32 inputs, ready for its preprocessor's collate."""
+    manifest = Manifest.read(folder)
+    pre = Preprocessor(manifest, folder)
+    if manifest.modality == "image":
+        return [pre.image(i, RawItem("image", b)) for i, b in enumerate(photo_crops(32))]
+    from heads.datasets import bbc_news
+
+    articles = bbc_news()[0][::139][:16]
+    return [*articles, *(SENTENCES * 4)]
+
+
+def opened(repo: Path, name: str, provider: str):
+    """(session, preprocessor) of version 1 of `name` on `provider`."""
+    folder = repo / name / "1"
+    manifest = Manifest.read(folder)
+    return open_session(folder, manifest, ServerConfig(provider=provider)), Preprocessor(
+        manifest, folder
+    )
+
+
+def save(args) -> None:
+    arrays = {}
+    for name in args.models:
+        session, pre = opened(args.repo, name, "cpu")
+        items = inputs(name, session.folder)
+        arrays[f"{name}/inputs"] = np.array(items) if isinstance(items[0], str) else np.stack(items)
+        batch = pre.texts(items) if isinstance(items[0], str) else items
+        arrays[f"{name}/fp32"] = session.features(pre.collate(batch))
+    np.savez_compressed(args.out, **arrays)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def check(args) -> None:
+    refs = np.load(args.refs)
+    results = {}
+    for name in args.models:
+        session, pre = opened(args.repo, name, "cuda")
+        items, fp32 = refs[f"{name}/inputs"], refs[f"{name}/fp32"]
+        texts = items.dtype.kind == "U"
+
+        def feeds(n: int, items=items, texts=texts, pre=pre):
+            part = [str(t) for t in items[:n]] if texts else list(items[:n])
+            return pre.collate(pre.texts(part) if texts else part)
+
+        result = {"providers": session.providers, "precision": session.precision}
+        for n in BATCHES:
+            out = session.features(feeds(n))
+            cos = cosine(out, fp32[:n])
+            result[f"batch {n}"] = {"cosine_min": float(cos.min()),
+                                    "cosine_mean": float(cos.mean()),
+                                    "finite": bool(np.isfinite(out).all())}  # fmt: skip
+        first = {}
+        for n in NEW_SIZES:
+            big = feeds(min(n, len(items)))
+            big = {k: np.concatenate([v] * -(-n // len(v)))[:n] for k, v in big.items()}
+            calls = []
+            for _ in range(2):
+                t = time.perf_counter()
+                session.features(big)
+                calls.append(1000 * (time.perf_counter() - t))
+            first[n] = {"first_ms": calls[0], "second_ms": calls[1]}
+        result["first_call_ms"] = first
+        results[name] = result
+        print(name, json.dumps(result, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("mode", choices=("save", "check"))
+    p.add_argument("--repo", type=Path, default=Path("models"))
+    p.add_argument("--models", nargs="+", default=["mobilenet_v2", "minilm_l6"])
+    p.add_argument("--out", type=Path, default=Path("refs.npz"))
+    p.add_argument("--refs", type=Path, default=Path("refs.npz"))
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+    save(args) if args.mode == "save" else check(args)
+
+
+if __name__ == "__main__":
+    main()
