@@ -26,6 +26,7 @@ import numpy as np
 
 from protos.embedder.v1 import embedder_pb2 as pb
 
+from .batch_parts import CPU_IMAGE_BATCH
 from .cache import CacheIdentity, EmbeddingCache, content_key, failure_id
 from .config import Provider, ServerConfig, check_ranges
 from .errors import EmbedderError, InputError
@@ -33,7 +34,7 @@ from .inputs import Preprocessor, RawItem
 from .manifest import Manifest
 from .preprocess import DEFAULT_MAX_PIXELS
 from .repository import version_key
-from .runtime import CPU, CPU_IMAGE_BATCH, ModelSession, model_file, open_session, provider_chain
+from .runtime import CPU, ModelSession, model_file, open_session, provider_chain
 from .sources import SourceItem
 
 Engine = Literal["local", "server", "ray"]
@@ -208,8 +209,7 @@ def read_item(item: SourceItem) -> Prepared:
         try:
             raw = item.text.encode("utf-8")
         except UnicodeEncodeError:
-            key = content_key(item.text.encode("utf-8", "surrogateescape"))
-            return Prepared(item, key, error="not valid UTF-8")
+            return _not_unicode(item)
         if not item.text.strip():
             return Prepared(item, content_key(raw), error="empty text")
         return Prepared(item, content_key(raw), raw=item.text)
@@ -218,6 +218,17 @@ def read_item(item: SourceItem) -> Prepared:
     except OSError as exc:
         return Prepared(item, "", error=f"cannot read file: {exc.strerror or exc}")
     return Prepared(item, content_key(data), raw=data)
+
+
+def _not_unicode(item: SourceItem) -> Prepared:
+    """A text that cannot be UTF-8: bytes that were not UTF-8 (kept as surrogate escapes, so
+    its key is the hash of those bytes), or a lone surrogate such as JSON's "\\ud800"."""
+    try:
+        return Prepared(item, content_key(item.text.encode("utf-8", "surrogateescape")),
+                        error="not valid UTF-8")  # fmt: skip
+    except UnicodeEncodeError:
+        key = content_key(item.text.encode("utf-8", "surrogatepass"))
+        return Prepared(item, key, error="holds a lone surrogate (such as \\ud800): not Unicode")
 
 
 class CacheWriter:

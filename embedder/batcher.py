@@ -45,7 +45,7 @@ class DynamicBatcher:
         run: Callable[[dict[str, np.ndarray]], np.ndarray],
         collate: Callable[[list[np.ndarray]], dict[str, np.ndarray]],
         config: BatchingConfig,
-        on_batch: Callable[[int, float], None] | None = None,
+        on_batch: Callable[[int, float, float], None] | None = None,
         split_min_items: int = 0,
     ):
         config = replace(config, inference_streams=config.inference_streams or 1)
@@ -190,8 +190,12 @@ class DynamicBatcher:
             live.append(job)
         return live
 
-    def _collate_and_run(self, arrays: list[np.ndarray]) -> np.ndarray:
-        return self._run(self._collate(arrays))
+    def _collate_and_run(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, float]:
+        """The part's output and the CPU seconds its thread spent (onnxruntime's own threads
+        are not counted when intra_op_threads > 1)."""
+        started = time.thread_time()
+        out = self._run(self._collate(arrays))
+        return out, time.thread_time() - started
 
     def _parts(self, arrays: list[np.ndarray]) -> list[list[np.ndarray]]:
         """The batch in as many parts as there are free streams (each part big enough)."""
@@ -222,7 +226,8 @@ class DynamicBatcher:
                 for part_out in outs:
                     if isinstance(part_out, BaseException):
                         raise part_out
-                out = outs[0] if len(outs) == 1 else np.concatenate(outs)
+                cpu_seconds = sum(cpu for _, cpu in outs)
+                out = outs[0][0] if len(outs) == 1 else np.concatenate([o for o, _ in outs])
             except asyncio.CancelledError:  # closing: the callers must not wait forever
                 _fail(batch, NotReadyError(f"model {self.name!r} shut down mid-batch; retry"))
                 raise
@@ -236,7 +241,7 @@ class DynamicBatcher:
             self._last_done = time.monotonic()
             inference_ms = (self._last_done - started) * 1000
             if self._on_batch:
-                self._on_batch(len(arrays), inference_ms)
+                self._on_batch(len(arrays), inference_ms, cpu_seconds)
             offset = 0
             for job in batch:
                 n = len(job.arrays)

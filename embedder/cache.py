@@ -222,6 +222,12 @@ def load_features(path: str | Path, keys=None) -> Features:
     `keys` (e.g. a run's `Summary.keys`) narrows the rows further.
     """
     path = Path(path)
+    if not path.exists():
+        raise CacheError(
+            f"no features at {path}: it does not exist. Pass a run file "
+            "(cache/<model>/<version>/<digest>/runs/<name>.parquet) or a dataset folder "
+            "(cache/<model>/<version>/<digest>), as `embedder-features export` prints them"
+        )
     run = None
     if path.is_file() and path.parent.name == RUNS:
         run = pq.read_table(path)

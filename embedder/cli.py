@@ -41,6 +41,13 @@ def serve_parser() -> argparse.ArgumentParser:
         help="batches run side by side per model (0: one single-threaded stream per core on a "
         "CPU, a lone batch split across them; one on a GPU)",
     )
+    p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=d.max_batch_tokens,
+        help="text models: run a batch in parts of at most this many padded tokens, similar "
+        "lengths together (0: 2048 on a CPU, no limit on a GPU)",
+    )
     p.add_argument("--max-items-per-request", type=int, default=d.max_items_per_request)
     p.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
     p.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels)
@@ -63,6 +70,7 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
                                 returning_wait_ms=args.returning_wait_ms,
                                 max_queue_size=args.max_queue_size,
                                 inference_streams=args.inference_streams),
+        max_batch_tokens=args.max_batch_tokens,
         max_items_per_request=args.max_items_per_request, max_message_bytes=args.max_message_bytes,
         max_image_pixels=args.max_image_pixels, metrics_port=args.metrics_port,
         auth_token=args.auth_token, tls_cert=args.tls_cert, tls_key=args.tls_key,

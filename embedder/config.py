@@ -55,6 +55,10 @@ class ServerConfig:
     intra_op_threads: int = 0  # onnxruntime threads per session; 0: the cores / the streams
     preprocess_threads: int = max(2, os.cpu_count() or 2)
     batching: BatchingConfig = BatchingConfig()
+    # A text model's batch runs in parts of at most this many padded tokens, texts of similar
+    # length together. 0: automatic, 2048 on a CPU (bounded memory, no padding paid for a
+    # longer text), none on a GPU.
+    max_batch_tokens: int = 0
     max_items_per_request: int = 256
     max_message_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = DEFAULT_MAX_PIXELS
@@ -70,4 +74,5 @@ class ServerConfig:
     def __post_init__(self) -> None:
         positive = ("preprocess_threads", "max_items_per_request", "max_message_bytes",
                     "max_image_pixels", "cache_shard_rows")  # fmt: skip
-        check_ranges(self, positive, not_negative=("intra_op_threads", "drain_seconds"))
+        check_ranges(self, positive, not_negative=("intra_op_threads", "drain_seconds",
+                                                   "max_batch_tokens"))  # fmt: skip

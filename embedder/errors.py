@@ -1,5 +1,19 @@
 """Errors raised by the serving side; each message says what to do about it."""
 
+ECHO_CHARS = 200  # of a caller's input quoted back in a message (a status fits gRPC's metadata)
+
+
+def shorten(text: str, limit: int = ECHO_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+
+
+def echo(value: object) -> str:
+    """A caller's value as an error message quotes it: repr, shortened."""
+    return shorten(repr(value))
+
 
 class EmbedderError(Exception):
     """Base class for every error this package raises on purpose."""

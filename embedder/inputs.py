@@ -11,7 +11,7 @@ from typing import Literal
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, echo, shorten
 from .manifest import ImagePreprocess, Manifest
 from .preprocess import DEFAULT_MAX_PIXELS, TextTokenizer, pad_token_ids, preprocess_image_bytes
 
@@ -74,7 +74,7 @@ def tensor_from_bytes(data: bytes, shape: list[int], dtype: str, index: int) -> 
         dt = np.dtype(dtype).newbyteorder("<")
         count = int(np.prod(shape)) if shape else 0
         if count * dt.itemsize != len(data):
-            raise ValueError(f"{len(data)} bytes cannot hold {dtype}{list(shape)}")
+            raise ValueError(f"{len(data)} bytes cannot hold {echo(dtype)} {echo(list(shape))}")
         return np.frombuffer(data, dtype=dt).reshape(shape).astype(dt.newbyteorder("="), copy=False)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"item {index}: bad tensor: {exc}") from exc
+        raise InputError(f"item {index}: bad tensor: {shorten(str(exc))}") from exc

@@ -47,6 +47,7 @@ class TextPreprocess:
     """Tokenise with tokenizer.json, truncate to max_length, pad to the longest in the batch."""
 
     tokenizer_file: str = "tokenizer.json"
+    tokenizer_sha256: str = ""  # checked at load; part of the cache identity
     max_length: int = 256
     truncation: bool = True
     lowercase: bool = False  # recorded for users; the tokenizer itself applies it
@@ -168,21 +169,31 @@ class Manifest:
 
     def verify(self, folder: str | Path, precisions: tuple[str, ...] | None = None) -> None:
         """Refuse files that do not match the digests recorded at export: the files served at
-        `precisions` ("fp32" or exported variants), or every file when None. A server checks
-        only what it will load, so a damaged variant it does not serve cannot take a model
-        offline."""
+        `precisions` ("fp32" or exported variants), or every file when None, and the tokenizer.
+        A server checks only what it will load, so a damaged variant it does not serve cannot
+        take a model offline."""
         wanted = ("fp32", *self.variants) if precisions is None else precisions
         for precision in wanted:
             name = self.file if precision == "fp32" else self.variants[precision].file
-            path = Path(folder) / name
-            if not path.is_file():
-                raise ManifestError(f"{path} is named in the manifest but missing")
-            expected = self.file_sha256(precision)
-            if (actual := sha256_file(path)) != expected:
+            _check_file(Path(folder) / name, self.file_sha256(precision))
+        if isinstance(self.preprocess, TextPreprocess):
+            path = Path(folder) / self.preprocess.tokenizer_file
+            if not self.preprocess.tokenizer_sha256:
                 raise ManifestError(
-                    f"{path} sha256 {actual[:12]}... does not match the manifest's "
-                    f"{expected[:12]}...; the file is corrupt or was replaced - re-export it"
+                    f"{path}: the manifest records no sha256 for it (exported before tokenizers "
+                    "were checked); re-export the model"
                 )
+            _check_file(path, self.preprocess.tokenizer_sha256)
+
+
+def _check_file(path: Path, expected: str) -> None:
+    if not path.is_file():
+        raise ManifestError(f"{path} is named in the manifest but missing")
+    if (actual := sha256_file(path)) != expected:
+        raise ManifestError(
+            f"{path.name} sha256 {actual[:12]}... does not match the manifest's "
+            f"{expected[:12]}... ({path}): the file is corrupt or was replaced - re-export it"
+        )
 
 
 def _tensor(raw: dict[str, Any]) -> TensorSpec:

@@ -22,6 +22,10 @@ class Metrics:
             "embedder_batch_items", "items per inference batch", ["model"],
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry,
         )  # fmt: skip
+        self.inference_cpu = Counter(
+            "embedder_inference_cpu_seconds", "CPU time of inference runs (the run's thread)",
+            ["model"], registry=self.registry,
+        )  # fmt: skip
         self.stage_ms = Histogram(
             "embedder_stage_milliseconds", "time per stage", ["model", "stage"],
             buckets=_MS_BUCKETS, registry=self.registry,

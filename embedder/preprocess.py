@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InputError
+from .errors import EmbedderError, InputError
 from .manifest import ImagePreprocess, TextPreprocess
 
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -101,7 +101,12 @@ class TextTokenizer:
         from tokenizers import Tokenizer
 
         self.cfg = cfg
-        self._tok = Tokenizer.from_file(str(tokenizer_path))
+        try:
+            self._tok = Tokenizer.from_file(str(tokenizer_path))
+        except Exception as exc:  # tokenizers raises a bare Exception on a file it cannot read
+            raise EmbedderError(
+                f"{tokenizer_path} cannot be read as a tokenizer ({exc}); re-export the model"
+            ) from exc
         self._tok.no_padding()
         if cfg.truncation:
             self._tok.enable_truncation(max_length=cfg.max_length)

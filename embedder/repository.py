@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from .config import ServerConfig
-from .errors import EmbedderError, ModelNotFoundError
+from .errors import EmbedderError, ModelNotFoundError, echo
 from .manifest import MANIFEST_NAME, Manifest
 from .runtime import ModelSession, open_session
 
@@ -45,17 +45,28 @@ class ModelRepository:
             models.setdefault(manifest.name, {})[manifest.version] = session
         return cls(models, refused)
 
+    def refuse(self, session: ModelSession, reason: Exception) -> None:
+        """Take a loaded model out of service (it failed after its session opened)."""
+        m = session.manifest
+        log.error("refusing model %s/%s: %s", m.name, m.version, reason)
+        self.refused[f"{m.name}/{m.version}"] = str(reason)
+        versions = self.models[m.name]
+        del versions[m.version]
+        if not versions:
+            del self.models[m.name]
+
     def get(self, name: str, version: str = "") -> ModelSession:
         versions = self.models.get(name)
         if not versions:
             raise ModelNotFoundError(
-                f"unknown model {name!r}; loaded: {', '.join(sorted(self.models)) or 'none'}"
+                f"unknown model {echo(name)}; loaded: {', '.join(sorted(self.models)) or 'none'}"
             )
         if not version:
             return versions[max(versions, key=version_key)]
         if version not in versions:
             raise ModelNotFoundError(
-                f"model {name!r} has no version {version!r}; loaded: {', '.join(sorted(versions))}"
+                f"model {echo(name)} has no version {echo(version)}; "
+                f"loaded: {', '.join(sorted(versions))}"
             )
         return versions[version]
 

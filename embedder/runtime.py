@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .batch_parts import CPU_BATCH_TOKENS, by_token_budget
 from .config import Provider, ServerConfig
 from .errors import EmbedderError
 from .manifest import Manifest
@@ -20,9 +21,6 @@ from .manifest import Manifest
 log = logging.getLogger(__name__)
 
 CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
-# Image models on a CPU run fastest per image in small batches (activations stay in cache;
-# batches of 32 were 25-45% slower per image, README batch export benchmark).
-CPU_IMAGE_BATCH = 4
 
 
 class ProviderError(EmbedderError):
@@ -76,6 +74,8 @@ class ModelSession:
     # MobileNetV2 on an H200: a dynamic batcher would pay that on live requests for every
     # size from 1 to its maximum. With buckets the shapes are few and warmed up at start.
     batch_buckets: tuple[int, ...] = ()
+    # A text model's batch runs in parts of at most this many padded tokens (batch_parts.py).
+    max_batch_tokens: int = 0
 
     @property
     def on_gpu(self) -> bool:
@@ -103,6 +103,12 @@ class ModelSession:
             self._outputs(self.output_names, _pad_rows({k: v[:1] for k, v in feeds.items()}, size))
 
     def _outputs(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self.max_batch_tokens and "attention_mask" in feeds:
+            return by_token_budget(lambda part: self._run(names, part), feeds,
+                                   self.max_batch_tokens)  # fmt: skip
+        return self._run(names, feeds)
+
+    def _run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if not self.on_gpu:
             return self.session.run(names, feeds)
         n = len(next(iter(feeds.values())))
@@ -130,19 +136,6 @@ def thread_defaults(config: ServerConfig) -> ServerConfig:
     threads = config.intra_op_threads or max(1, cores // streams)
     batching = replace(config.batching, inference_streams=streams)
     return replace(config, intra_op_threads=threads, batching=batching)
-
-
-def in_chunks(run, size: int):
-    """`run` over a batch as consecutive chunks of at most `size` items, outputs concatenated."""
-
-    def chunked(feeds: dict[str, np.ndarray]) -> np.ndarray:
-        n = len(next(iter(feeds.values())))
-        if n <= size:
-            return run(feeds)
-        parts = (run({k: v[i : i + size] for k, v in feeds.items()}) for i in range(0, n, size))
-        return np.concatenate(list(parts))
-
-    return chunked
 
 
 def provider_options(chain: list[str], folder: Path) -> list[tuple[str, dict[str, str]]]:
@@ -222,4 +215,8 @@ def open_session(folder: Path, manifest: Manifest, config: ServerConfig,
     model = ModelSession(manifest, folder, session, in_use, precision)
     if model.on_gpu and manifest.modality == "image":
         model.batch_buckets = buckets or batch_buckets(config.batching.max_batch_size)
+    if manifest.modality == "text":  # automatic (0): a budget on a CPU, none on a GPU
+        model.max_batch_tokens = config.max_batch_tokens or (
+            0 if model.on_gpu else CPU_BATCH_TOKENS
+        )
     return model

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,6 +27,24 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Embedder"].full_name
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def _check_key_pair(cert: Path, key: Path) -> None:
+    """Load the pair as a TLS server would, before binding: grpc reports a bad pair only as a
+    failure to listen."""
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc) or "key values mismatch" in str(exc):
+            raise EmbedderError(
+                f"the TLS key {key} does not match the certificate {cert}; pass the key the "
+                "certificate was made with"
+            ) from exc
+        raise EmbedderError(
+            f"cannot use {cert} and {key} as a TLS certificate and key ({exc}); both must be PEM"
+        ) from exc
 
 
 class EmbedderServer:
@@ -50,6 +69,7 @@ class EmbedderServer:
             pair = (c.tls_key.read_bytes(), c.tls_cert.read_bytes())
         except OSError as exc:
             raise EmbedderError(f"cannot read the TLS key or certificate: {exc}") from exc
+        _check_key_pair(c.tls_cert, c.tls_key)
         return grpc.ssl_server_credentials([pair])
 
     async def start(self) -> int:
@@ -95,6 +115,7 @@ class EmbedderServer:
         c = self.config
         loop = asyncio.get_running_loop()
         self.repository = await loop.run_in_executor(None, ModelRepository.load, c)
+        self.service.attach(self.repository)
         if not self.repository.models:
             refused = "; ".join(f"{k}: {why}" for k, why in self.repository.refused.items())
             raise EmbedderError(
@@ -102,7 +123,6 @@ class EmbedderServer:
                 if refused
                 else f"no servable model in {c.repository}; export one with embedder-export"
             )
-        self.service.attach(self.repository)
         if c.warmup:
             await loop.run_in_executor(None, self.service.warm_up)
         self.service.start()
@@ -110,10 +130,16 @@ class EmbedderServer:
             self.metrics.serve(c.metrics_port, c.address.rsplit(":", 1)[0].strip("[]"))
 
     async def stop(self, grace: float | None = None) -> None:
-        """Health goes NOT_SERVING, in-flight RPCs get `grace` seconds to finish, then exit."""
+        """Drain for `grace` seconds (default --drain-seconds): health answers NOT_SERVING and
+        new work is refused with UNAVAILABLE, so load balancers see the change and move
+        traffic, while requests in flight finish; then the listener closes."""
+        window = self.config.drain_seconds if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        self.service.draining = True
         if self.server:
-            await self.server.stop(self.config.drain_seconds if grace is None else grace)
+            if window > 0:
+                await asyncio.sleep(window)
+            await self.server.stop(0)  # what still runs after the window is cancelled
         await self.service.close()
 
 
@@ -126,5 +152,5 @@ async def serve_forever(config: ServerConfig) -> None:
         loop.add_signal_handler(sig, stopping.set)
     print(f"embedder-serve: listening on port {server.port}", flush=True)
     await stopping.wait()
-    log.info("draining (up to %.0f s)", config.drain_seconds)
+    log.info("draining for %g s: health NOT_SERVING, new requests refused", config.drain_seconds)
     await server.stop()

@@ -16,13 +16,14 @@ import numpy as np
 from protos.embedder.v1 import embedder_pb2 as pb
 from protos.embedder.v1 import embedder_pb2_grpc as pb_grpc
 
+from .batch_parts import CPU_IMAGE_BATCH, in_chunks
 from .batcher import BatchStats, DynamicBatcher
 from .config import ServerConfig
-from .errors import InputError, MessageTooLargeError, ModelNotFoundError, NotReadyError
+from .errors import InputError, MessageTooLargeError, ModelNotFoundError, NotReadyError, echo
 from .inputs import Preprocessor, RawItem, tensor_from_bytes
 from .metrics import Metrics
 from .repository import ModelRepository
-from .runtime import CPU_IMAGE_BATCH, ModelSession, in_chunks
+from .runtime import ModelSession
 from .serving_cache import ServingCache
 from .status import status_for, stream_rpc, unary_rpc
 
@@ -43,14 +44,16 @@ class LoadedModel:
         self.items_total = metrics.items.labels(self.key)
         self.preprocess_ms = metrics.stage_ms.labels(self.key, "preprocess")
         self.queue_ms = metrics.stage_ms.labels(self.key, "queue")
-        batch_size, inference = (
+        batch_size, inference, inference_cpu = (
             metrics.batch_size.labels(self.key),
             metrics.stage_ms.labels(self.key, "inference"),
+            metrics.inference_cpu.labels(self.key),
         )
 
-        def on_batch(items: int, inference_ms: float) -> None:
+        def on_batch(items: int, inference_ms: float, cpu_seconds: float) -> None:
             batch_size.observe(items)
             inference.observe(inference_ms)
+            inference_cpu.inc(cpu_seconds)
 
         # Single-threaded streams on a CPU: a batch alone is split across the free streams.
         streams = config.batching.inference_streams
@@ -113,7 +116,8 @@ RESPONSE_OVERHEAD = 1024  # bytes of a response besides its vectors and ids
 def check_response_size(request: pb.EmbedRequest, dim: int, limit: int) -> None:
     """Refuse, before any work, a request whose answer would be over the message limit."""
     n = len(request.items)
-    size = n * dim * 4 + sum(len(item.id) + 8 for item in request.items) + RESPONSE_OVERHEAD
+    ids = sum(len(item.id.encode()) + 8 for item in request.items)  # UTF-8 bytes, not characters
+    size = n * dim * 4 + ids + RESPONSE_OVERHEAD
     if size > limit:
         fits = max(1, (limit - RESPONSE_OVERHEAD) // (dim * 4 + 16))
         raise MessageTooLargeError(
@@ -144,7 +148,7 @@ def head_result(name: str, manifest, outputs: np.ndarray, top_k: int) -> pb.Head
             ]
             return pb.HeadResult(head=name, score_kind=spec.score_kind, items=items)
         offset += width
-    raise ModelNotFoundError(f"model {manifest.name!r} has no head {name!r}")
+    raise ModelNotFoundError(f"model {manifest.name!r} has no head {echo(name)}")
 
 
 def model_info(model: LoadedModel, config: ServerConfig) -> pb.ModelInfo:
@@ -171,6 +175,7 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         self.config, self.metrics = config, metrics
         self.repository: ModelRepository | None = None
         self.models: dict[ModelSession, LoadedModel] = {}
+        self.draining = False  # set on shutdown: new work is refused while health says so
         self._pool = ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="preprocess")
         # Items one stream may have in flight: a batch running per inference stream and the
         # next one filling, within the model's queue.
@@ -178,7 +183,13 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         self.stream_items = min(b.max_queue_size, b.max_batch_size * (b.inference_streams + 1))
 
     def attach(self, repository: ModelRepository) -> None:
-        self.models = {s: LoadedModel(s, self.config, self.metrics) for s in repository.all()}
+        """Serve the repository's models; one whose preprocessing cannot be set up (e.g. its
+        tokenizer does not parse) is refused alone."""
+        for session in repository.all():
+            try:
+                self.models[session] = LoadedModel(session, self.config, self.metrics)
+            except Exception as exc:
+                repository.refuse(session, exc)
         self.repository = repository
 
     def start(self) -> None:
@@ -197,6 +208,8 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _model(self, name: str, version: str) -> LoadedModel:
+        if self.draining:
+            raise NotReadyError("the server is shutting down; send new requests to another one")
         if self.repository is None:
             raise NotReadyError("the server is still loading its models; retry shortly")
         return self.models[self.repository.get(name, version)]
@@ -333,7 +346,7 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         if not m.heads or unknown:
             have = ", ".join(m.heads) or "none; publish one with embedder-heads publish"
             raise ModelNotFoundError(
-                f"model {m.name!r} has no head {(unknown or [''])[0]!r}; heads: {have}"
+                f"model {m.name!r} has no head {echo((unknown or [''])[0])}; heads: {have}"
             )
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None

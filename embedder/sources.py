@@ -15,6 +15,8 @@ from pathlib import Path
 from .errors import EmbedderError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+# A CSV field longer than this fails its row alone (the csv module's own limit is 131,072).
+MAX_FIELD_CHARS = 1 << 20
 
 
 class SourceError(EmbedderError):
@@ -110,14 +112,54 @@ def _read_rows(path: Path, columns: list[str]) -> Iterator[dict | str]:
                     first = False
                 yield row
     elif suffix in (".csv", ".tsv"):
-        import csv
-
         with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            _check_columns(path, reader.fieldnames or [], columns)
-            yield from reader
+            yield from _csv_rows(path, f, "\t" if suffix == ".tsv" else ",", columns)
     else:
         raise SourceError(f"{path}: use a .csv, .tsv, .jsonl or .parquet file of texts")
+
+
+def _csv_rows(path: Path, f, delimiter: str, columns: list[str]) -> Iterator[dict | str]:
+    """Strict CSV: a quote that is never closed, or closed in the middle of a field, fails its
+    row instead of silently swallowing the lines after it; so does a row whose field holds
+    several lines that each look like a row of their own (a quote closed further down)."""
+    import csv
+
+    csv.field_size_limit(MAX_FIELD_CHARS)
+    reader = csv.DictReader(f, delimiter=delimiter, strict=True)
+    _check_columns(path, reader.fieldnames or [], columns)
+    width = len(reader.fieldnames or [])
+    while True:
+        first = reader.reader.line_num + 1  # (DictReader's own line_num lags on errors)
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            if "field larger" in str(exc):
+                yield f"a field over {MAX_FIELD_CHARS:,} characters (line {first})"
+            else:
+                yield (f"from line {first} to line {reader.reader.line_num}: {exc}; an "
+                       "unbalanced quote (\") may have merged rows - fix the quoting")  # fmt: skip
+            continue
+        if reader.reader.line_num > first and _merged(row, delimiter, width):
+            last = reader.reader.line_num
+            yield (f"from line {first} to line {last}, read as one row: an unbalanced quote "
+                   f"(\") at line {first} merged rows - fix the quoting")  # fmt: skip
+            continue
+        yield row
+
+
+def _merged(row: dict, delimiter: str, width: int) -> bool:
+    """Whether a field's inner lines parse as whole rows: rows swallowed by a stray quote."""
+    import csv
+
+    for value in row.values():
+        inner = value.split("\n")[1:-1] if isinstance(value, str) else []
+        rows = sum(len(next(csv.reader([line], delimiter=delimiter), [])) == width
+                   for line in inner)  # fmt: skip
+        if inner and rows * 2 >= len(inner):
+            return True
+    return False
 
 
 def _check_columns(path: Path, have: list[str], want: list[str]) -> None:

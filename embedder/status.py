@@ -11,6 +11,7 @@ import functools
 import logging
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from .errors import (
     DeadlineExceededError,
@@ -19,12 +20,15 @@ from .errors import (
     ModelNotFoundError,
     NotReadyError,
     QueueFullError,
+    shorten,
 )
 
 log = logging.getLogger(__name__)
+MESSAGE_CHARS = 2000  # a status message beyond this is cut: gRPC sends it in the metadata
 
 _STATUS = (
     (InputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (DecodeError, grpc.StatusCode.INVALID_ARGUMENT),  # a stream message that does not parse
     (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
     (QueueFullError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (MessageTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -46,9 +50,13 @@ async def _abort(servicer, method: str, exc: Exception, context) -> None:
     code = status_for(exc)
     if code is grpc.StatusCode.INTERNAL:
         log.exception("%s failed", method, exc_info=exc)
+    elif isinstance(exc, DecodeError):
+        log.warning("%s: a malformed message: %s", method, exc)
     servicer.metrics.errors.labels(method, code.name).inc()
     message = str(exc) if code is not grpc.StatusCode.INTERNAL else f"internal error: {exc!r}"
-    await context.abort(code, message)
+    if isinstance(exc, DecodeError):
+        message = f"malformed message, not an {method} request: {exc}"
+    await context.abort(code, shorten(message, MESSAGE_CHARS))
 
 
 def _count_cancelled(servicer, method: str, context) -> None:

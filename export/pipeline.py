@@ -9,14 +9,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from embedder.manifest import Manifest, TensorSpec, sha256_file, swap_into_place
+from embedder.manifest import Manifest, TensorSpec, TextPreprocess, sha256_file, swap_into_place
 
 from .config import PretrainedCfg
 from .errors import ParityError, SanityCheckError, UnknownLayerError, VersionExistsError
@@ -149,6 +149,10 @@ def _export_into(staging, config, pcfg, backbone, layer, name, started) -> Manif
     variants = {v: build_variant(v, staging, inputs, features) for v in config.variants}
     for filename, src in backbone.extra_files.items():
         shutil.copyfile(src, staging / filename)
+    preprocess = backbone.preprocess
+    if isinstance(preprocess, TextPreprocess):  # served with the model: checked at load
+        digest = sha256_file(staging / preprocess.tokenizer_file)
+        preprocess = replace(preprocess, tokenizer_sha256=digest)
     model = onnx.load(str(model_path), load_external_data=False)
     manifest = Manifest(
         name=name,
@@ -157,7 +161,7 @@ def _export_into(staging, config, pcfg, backbone, layer, name, started) -> Manif
         inputs=input_specs(backbone),
         output=TensorSpec("features", "float32", ("batch", int(features.shape[1]))),
         dim=int(features.shape[1]),
-        preprocess=backbone.preprocess,
+        preprocess=preprocess,
         layer=layer,
         pooling=backbone.pooling(layer),
         normalized=bool(backbone.normalized),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 from embedder.manifest import ImagePreprocess, TextPreprocess
 
 from .config import IMAGENET, IMAGENET_SANITY, PretrainedCfg, WeightsSpec
@@ -72,7 +75,8 @@ def _efficientnet_lite(cfg: PretrainedCfg):
     lib = require("efficientnet_lite_pytorch", "pip install efficientnet-lite-pytorch==0.1.0")
     path = weights_file(cfg.weights)
     arch = cfg.name.replace("_", "-")
-    model = lib.EfficientNet.from_pretrained(arch, weights_path=str(path)).eval()
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights"
+        model = lib.EfficientNet.from_pretrained(arch, weights_path=str(path)).eval()
     stem = nn.Sequential(model._conv_stem, model._bn0, model._swish)
     head = nn.Sequential(model._conv_head, model._bn1, model._swish)
     stages = [("stem", stem)]

@@ -7,6 +7,8 @@ never carries model-specific math.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,19 +24,30 @@ OPSET = 18
 
 
 def torch_to_onnx(module: nn.Module, args: tuple, path: Path, names: list[str], dynamic) -> None:
-    """The torch.export-based exporter, one self-contained file, output named `features`."""
-    torch.onnx.export(
-        module,
-        args,
-        str(path),
-        input_names=names,
-        output_names=["features"],  # not "embedding": that collides with an internal node name
-        dynamic_shapes=dynamic,
-        opset_version=OPSET,
-        dynamo=True,
-        external_data=False,
-        verbose=False,
-    )
+    """The torch.export-based exporter, one self-contained file, output named `features`.
+    Its notes about torch's internals (torchvision missing, axis names merged, deprecated tree
+    specs) are not the user's business and are kept off the console; errors still raise."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec")
+            warnings.filterwarnings("ignore", category=UserWarning, message="# The axis name")
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                input_names=names,
+                output_names=["features"],  # not "embedding": collides with an internal name
+                dynamic_shapes=dynamic,
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        registration.setLevel(level)
 
 
 class PixelsToFeatures(nn.Module):

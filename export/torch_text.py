@@ -48,6 +48,7 @@ class TorchTextBackbone:
                 f"{tokenizer} not found; the encoder directory needs a fast-tokenizer "
                 "tokenizer.json (save one with AutoTokenizer.from_pretrained(dir).save_pretrained)"
             )
+        transformers.utils.logging.disable_progress_bar()  # a local file: no bar to watch
         self.model = transformers.AutoModel.from_pretrained(str(model_dir)).eval()
         self.preprocess = preprocess
         self.normalized = normalize

@@ -56,19 +56,54 @@ def save_head(head: TrainedHead, folder: str | Path, backbone: dict, dim: int) -
     return folder
 
 
+# Nodes of a skops file that hold plain data; every other node names a type or a function,
+# which must be on TRUSTED_TYPES (or be a builtin / numpy scalar type, for TypeNode).
+DATA_NODES = {"DictNode", "ListNode", "TupleNode", "JsonNode", "NdArrayNode"}
+SCALAR_TYPES = {f"builtins.{t}" for t in ("str", "int", "float", "bool", "complex")} | {
+    f"numpy.{t}" for t in ("float16", "float32", "float64", "int32", "int64", "bool_", "str_")
+}
+
+
+def types_in(path: Path) -> set[str]:
+    """Every type and function a skops file would create or call, from its schema. skops's
+    own `get_untrusted_types` leaves out what it trusts by default (sklearn estimators, numpy
+    functions such as numpy.exp inside a FunctionTransformer), so it cannot be the gate."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        schema = json.loads(archive.read("schema.json"))
+    found: set[str] = set()
+    pending = [schema]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            loader = node.get("__loader__")
+            if loader is not None and loader not in DATA_NODES:
+                name = f"{node.get('__module__')}.{node.get('__class__')}"
+                if loader != "TypeNode" or name not in SCALAR_TYPES:
+                    found.add(name)
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return found
+
+
 def load_head(folder: str | Path):
-    """(pipeline, HeadInfo); refuses a file holding any type outside TRUSTED_TYPES."""
+    """(pipeline, HeadInfo); refuses a file holding any type or function outside
+    TRUSTED_TYPES, before anything in it is loaded."""
     import skops.io
 
     folder = Path(folder)
     path = folder / "head.skops"
-    untrusted = skops.io.get_untrusted_types(file=path)
-    unknown = sorted(set(untrusted) - set(TRUSTED_TYPES))
+    try:
+        unknown = sorted(types_in(path) - set(TRUSTED_TYPES))
+    except (OSError, KeyError, ValueError) as exc:  # not a zip, no schema, not JSON
+        raise UntrustedFileError(f"{path} is not a skops file ({exc}); it was not loaded") from exc
     if unknown:
         raise UntrustedFileError(
             f"{path} holds types outside the trusted list: {unknown}; it was not loaded"
         )
-    pipeline = skops.io.load(path, trusted=untrusted)
+    pipeline = skops.io.load(path, trusted=skops.io.get_untrusted_types(file=path))
     info = HeadInfo(**json.loads((folder / "head.json").read_text()))
     return pipeline, info
 

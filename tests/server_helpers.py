@@ -51,3 +51,22 @@ def running_server(repo, **overrides) -> Iterator[ServerThread]:
         yield st
     finally:
         st.stop()
+
+
+def self_signed_cert(folder, name: str = "server"):
+    """(key, cert) PEM files for localhost made with the openssl CLI; skips without it."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not available to make a test certificate")
+    key, cert = folder / f"{name}-key.pem", folder / f"{name}-cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+         "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return key, cert

@@ -406,3 +406,49 @@ def test_a_model_that_fails_to_load_ends_the_run_with_its_error(tiny_repo, image
                             batch_size=1, workers=2, progress=False)  # fmt: skip
     with pytest.raises(ManifestError, match="does not match the manifest"):
         export_features(image_folder(images, True), cfg)
+
+
+def failure_reasons(dataset) -> dict[str, str]:
+    files = sorted((dataset / "failures").glob("*.parquet"))
+    rows = pq.ParquetDataset(files).read().to_pylist() if files else []
+    return {r["source"]: r["reason"] for r in rows}
+
+
+def test_a_lone_surrogate_and_a_huge_csv_field_fail_alone(tiny_repo, tmp_path):
+    """Fault campaign: each used to abort the whole export with nothing written."""
+    from embedder.sources import MAX_FIELD_CHARS
+
+    jsonl = tmp_path / "texts.jsonl"
+    jsonl.write_text('{"text": "the cat sat"}\n{"text": "bad \\ud800 text"}\n{"text": "a dog"}\n')
+    csv_file = tmp_path / "texts.csv"
+    huge = "cat " * (MAX_FIELD_CHARS // 4 + 1)
+    csv_file.write_text(f"text\nthe cat sat\n{huge}\na cup of coffee\n")
+    reasons = {}
+    for path in (jsonl, csv_file):
+        cfg = BatchExportConfig(repo=tiny_repo, model="tiny_text", cache=tmp_path / path.suffix,
+                                progress=False)  # fmt: skip
+        summary = export_features(text_table(path), cfg)
+        assert (summary.embedded, summary.failed) == (2, 1)
+        reasons.update(failure_reasons(summary.dataset))
+    assert list(reasons) == ["texts.jsonl:1", "texts.csv:1"]
+    assert "surrogate" in reasons["texts.jsonl:1"]
+    assert f"over {MAX_FIELD_CHARS:,} characters" in reasons["texts.csv:1"]
+
+
+@pytest.mark.parametrize("closed", [False, True])
+def test_a_stray_quote_in_a_csv_never_loses_rows_silently(tiny_repo, tmp_path, closed):
+    """A quote that opens a field swallows the following lines into it; the campaign's 21-row
+    file came back as 2 items and 0 failures."""
+    lines = ["text,label", *(f"sentence {i} about the cat,l{i % 3}" for i in range(21))]
+    lines[3] = '"sentence 2 has a stray quote,l2'
+    if closed:  # the quote happens to be closed further down, right before a comma
+        lines[13] = 'sentence 12",l0'
+    path = tmp_path / "quotes.csv"
+    path.write_text("\n".join(lines) + "\n")
+    cfg = BatchExportConfig(repo=tiny_repo, model="tiny_text", cache=tmp_path / "c",
+                            progress=False)  # fmt: skip
+    summary = export_features(text_table(path, "text", "label"), cfg)
+    assert summary.failed == 1
+    (reason,) = failure_reasons(summary.dataset).values()
+    assert "unbalanced quote" in reason and "line 4" in reason
+    assert summary.embedded == (10 if closed else 2)

@@ -84,7 +84,7 @@ def test_sigterm_drains_in_flight_requests(tiny_repo):
     port = free_port()
     cmd = [sys.executable, "-c", "from embedder.cli import serve_main; raise SystemExit(serve_main())",
            "--repo", str(tiny_repo), "--address", f"127.0.0.1:{port}", "--max-queue-delay-ms", "400",
-           "--max-batch-size", "256", "--drain-seconds", "20"]  # fmt: skip
+           "--max-batch-size", "256", "--drain-seconds", "2"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert "listening" in proc.stdout.readline()
@@ -107,6 +107,7 @@ def test_sigterm_drains_in_flight_requests(tiny_repo):
         assert errors == [] and len(results) == 16
         assert all(r.shape == (4, 24) and np.isfinite(r).all() for r in results.values())
         assert proc.wait(30) == 0
+        assert "draining for 2 s" in proc.stderr.read()  # was "draining (up to 0 s)" for 0.2
     finally:
         proc.kill()
         proc.wait()

@@ -67,7 +67,7 @@ def test_cuda_requested_without_it_refuses_to_start(tiny_repo):
 def test_in_chunks_runs_consecutive_slices(tiny_repo):
     import numpy as np
 
-    from embedder.runtime import in_chunks
+    from embedder.batch_parts import in_chunks
 
     folder = tiny_repo / "tiny_image" / "1"
     session = open_session(folder, Manifest.read(folder), ServerConfig(provider="cpu"))

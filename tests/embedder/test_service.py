@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -14,7 +15,7 @@ import onnxruntime as ort
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
-from server_helpers import free_port, running_server
+from server_helpers import free_port, running_server, self_signed_cert
 
 from embedder.client import EmbedderClient, StreamItemError, decode, embed_request, image_item
 from embedder.config import BatchingConfig
@@ -303,33 +304,7 @@ def test_bearer_token(tiny_repo):
 
 
 def test_tls(tiny_repo, tmp_path):
-    import subprocess
-
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl CLI not available to make a test certificate")
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            key,
-            "-out",
-            cert,
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    key, cert = self_signed_cert(tmp_path)
     with running_server(tiny_repo, tls_cert=cert, tls_key=key, auth_token="t") as server:
         with EmbedderClient(server.target, token="t", root_cert=cert.read_bytes()) as c:
             assert c.embed_images("tiny_image", [png()]).shape == (1, 24)
@@ -353,6 +328,9 @@ def test_metrics_endpoint(tiny_repo):
     assert 'embedder_errors_total{code="NOT_FOUND",method="Embed"}' in text
     assert 'embedder_items_total{model="tiny_image/1"} 3.0' in text
     assert "embedder_batch_items_bucket" in text and 'stage="inference"' in text
+    # Each model's share of the cores under load is read from this (bench/fairness_bench.py).
+    cpu = re.search(r'embedder_inference_cpu_seconds_total\{model="tiny_image/1"\} (\S+)', text)
+    assert cpu and float(cpu.group(1)) > 0
 
 
 def test_corrupt_model_refused_others_served(tiny_repo, tmp_path, caplog):

@@ -111,3 +111,18 @@ def test_variants_recorded_with_cosine(cnn, tmp_path):
             str(tmp_path / "tiny/1" / v.file), providers=["CPUExecutionProvider"]
         )
         assert session.get_inputs()[0].name == "pixels"
+
+
+def test_export_keeps_torchs_internal_notes_off_the_console(cnn, tmp_path, caplog):
+    import warnings
+
+    from export import ExportConfig, export_backbone
+    from export.generic import module_backbone_cfg
+
+    backbone, cfg = module_backbone_cfg(cnn, "quiet")
+    with warnings.catch_warnings(record=True) as seen, caplog.at_level("WARNING"):
+        warnings.simplefilter("always")
+        export_backbone(ExportConfig("quiet", repo=tmp_path), backbone, cfg)
+    noise = [w for w in seen if issubclass(w.category, FutureWarning | UserWarning)]
+    assert noise == [], [str(w.message) for w in noise]
+    assert "torchvision is not installed" not in caplog.text

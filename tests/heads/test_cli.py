@@ -147,3 +147,11 @@ def test_bad_names_and_folds_refused(tmp_path, capsys):
     assert "name '..'" in capsys.readouterr().err and (tmp_path / "h").exists()
     with pytest.raises(SystemExit):
         main(["train", "--features", str(data), "--out", str(tmp_path / "h2"), "--folds", "1"])
+
+
+def test_train_on_a_missing_path_says_what_to_pass(capsys):
+    from heads.cli import main
+
+    assert main(["train", "--features", "/missing", "--out", "/tmp/unused-head"]) != 0
+    err = capsys.readouterr().err
+    assert "no features at /missing" in err and "runs/<name>.parquet" in err

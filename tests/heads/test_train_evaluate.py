@@ -150,3 +150,20 @@ def test_untrusted_skops_file_is_refused(tmp_path):
     skops.io.dump(make_pipeline(FunctionTransformer(json.dumps)), tmp_path / "head.skops")
     with pytest.raises(UntrustedFileError, match="json.dumps"):
         load_head(tmp_path)
+
+
+def test_a_function_skops_trusts_by_default_is_refused_too(tmp_path):
+    """Fault campaign: FunctionTransformer(numpy.exp) loaded and predicted, though neither
+    type is on TRUSTED_TYPES (skops trusts both by default)."""
+    import numpy as np
+    import skops.io
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    X, y = np.random.default_rng(0).random((20, 3)), np.arange(20) % 2
+    head = make_pipeline(FunctionTransformer(np.exp), LogisticRegression()).fit(X, y)
+    (tmp_path / "head.json").write_text("{}")
+    skops.io.dump(head, tmp_path / "head.skops")
+    with pytest.raises(UntrustedFileError, match="FunctionTransformer.*numpy.exp|numpy.exp"):
+        load_head(tmp_path)

@@ -1,0 +1,81 @@
+"""Regressions from the fault campaign: drain, malformed messages, echoed input, id bytes, TLS."""
+
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from server_helpers import ServerThread, free_port, running_server, self_signed_cert
+
+from embedder.client import EmbedderClient, embed_request
+from embedder.config import ServerConfig
+from embedder.errors import EmbedderError
+from protos.embedder.v1 import embedder_pb2 as pb
+
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_a_drain_answers_health_not_serving_and_refuses_new_work(tiny_repo):
+    """The listener used to close at once: health checks got UNAVAILABLE from +3 ms."""
+    target = f"127.0.0.1:{free_port()}"
+    config = ServerConfig(repository=tiny_repo, address=target, provider="cpu", drain_seconds=1.5)
+    server = ServerThread(config)
+    server.start()
+    stopping = threading.Thread(target=server.stop, kwargs={"grace": None})
+    started = time.monotonic()
+    stopping.start()
+    time.sleep(0.3)
+    with grpc.insecure_channel(target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == NOT_SERVING
+        with EmbedderClient(target) as client, pytest.raises(grpc.RpcError) as refused:
+            client.embed(embed_request("tiny_text", [pb.Item(text="the cat")]))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in refused.value.details()
+        time.sleep(0.3)
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == NOT_SERVING
+    stopping.join(10)
+    assert time.monotonic() - started >= 1.5  # the whole drain window
+
+
+def test_a_malformed_stream_message_is_invalid_argument_in_one_log_line(tiny_server, caplog):
+    with grpc.insecure_channel(tiny_server.target) as channel:
+        call = channel.stream_stream("/embedder.v1.Embedder/EmbedStream")
+        with caplog.at_level("WARNING"), pytest.raises(grpc.RpcError) as failed:
+            list(call(iter([b"\xff\xff\xff\x0f not a message"]), timeout=10))
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed message" in failed.value.details()
+    records = [r for r in caplog.records if r.name.startswith("embedder")]
+    assert len(records) == 1 and records[0].exc_info is None
+
+
+def test_echoed_input_is_cut_so_the_status_fits(tiny_server):
+    """A 16k-character model name turned NOT_FOUND into a client-side RESOURCE_EXHAUSTED."""
+    name = "m" * 20_000
+    with EmbedderClient(tiny_server.target) as client, pytest.raises(grpc.RpcError) as failed:
+        client.embed(embed_request(name, [pb.Item(text="the cat")]))
+    assert failed.value.code() == grpc.StatusCode.NOT_FOUND
+    details = failed.value.details()
+    assert len(details) < 500 and "more characters" in details
+
+
+def test_the_answer_size_check_counts_id_bytes(tiny_repo):
+    """256 ids of 4-byte emoji passed the check, were computed, then failed on send."""
+    # 3 kB each in UTF-8, 760 characters: the request fits 200 kB, the answer (ids and 64 x
+    # 32 floats) does not; counted in characters, the ids looked like 49 kB.
+    ids = ["\U0001f600" * 760 + str(i) for i in range(64)]
+    items = [pb.Item(id=i, text="the cat") for i in ids]
+    with running_server(tiny_repo, max_message_bytes=200_000) as server:
+        with EmbedderClient(server.target) as client, pytest.raises(grpc.RpcError) as failed:
+            client.embed(embed_request("tiny_text", items))
+    assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "would be" in failed.value.details()  # refused by the check, before compute
+
+
+def test_a_key_that_does_not_match_its_certificate_is_named(tiny_repo, tmp_path):
+    key, _ = self_signed_cert(tmp_path, "one")
+    _, cert = self_signed_cert(tmp_path, "two")
+    with pytest.raises(EmbedderError, match="does not match the certificate"):
+        with running_server(tiny_repo, tls_cert=cert, tls_key=key):
+            pass
