@@ -34,16 +34,16 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from embedder.batch_export import (  # noqa: E402
+from embedder.cache.store import CacheIdentity, EmbeddingCache, load_features  # noqa: E402
+from embedder.core.inputs import Preprocessor  # noqa: E402
+from embedder.core.preprocess import preprocess_image_bytes  # noqa: E402
+from embedder.features.run import (  # noqa: E402
     BatchExportConfig,
     export_features,
     make_preparer,
     open_model,
 )
-from embedder.cache import CacheIdentity, EmbeddingCache, load_features  # noqa: E402
-from embedder.inputs import Preprocessor  # noqa: E402
-from embedder.preprocess import preprocess_image_bytes  # noqa: E402
-from embedder.sources import image_folder  # noqa: E402
+from embedder.features.sources import image_folder  # noqa: E402
 
 
 def make_photos(folder: Path, n: int) -> list[Path]:

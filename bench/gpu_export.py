@@ -18,9 +18,9 @@ from pathlib import Path
 import export_bench as eb
 from ort_cuda import host_io, ready_inputs
 
-from embedder.batch_export import BatchExportConfig, make_preparer, open_model
-from embedder.inputs import Preprocessor
-from embedder.sources import image_folder, text_table
+from embedder.core.inputs import Preprocessor
+from embedder.features.run import BatchExportConfig, make_preparer, open_model
+from embedder.features.sources import image_folder, text_table
 
 
 def cpu_bound(config: BatchExportConfig, items: list, cores: int) -> float:
@@ -42,7 +42,7 @@ def gpu_bound(config: BatchExportConfig, texts: list[str] | None, paths: list[Pa
     if texts is None:
         import numpy as np
 
-        from embedder.preprocess import preprocess_image_bytes
+        from embedder.core.preprocess import preprocess_image_bytes
 
         cfg = session.manifest.preprocess
         pixels = np.stack([preprocess_image_bytes(p.read_bytes(), cfg) for p in paths[:64]])

@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from embedder.config import ServerConfig  # noqa: E402
-from embedder.inputs import Preprocessor, RawItem  # noqa: E402
-from embedder.manifest import Manifest  # noqa: E402
-from embedder.runtime import open_session  # noqa: E402
+from embedder.core.config import ServerConfig  # noqa: E402
+from embedder.core.inputs import Preprocessor, RawItem  # noqa: E402
+from embedder.core.manifest import Manifest  # noqa: E402
+from embedder.core.runtime import open_session  # noqa: E402
 
 SENTENCES = [
     "A cup of espresso on a wooden table.",

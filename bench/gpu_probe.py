@@ -22,7 +22,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from embedder.runtime import CPU, CUDA, provider_options  # noqa: E402
+from embedder.core.runtime import CPU, CUDA, provider_options  # noqa: E402
 
 OPTION_SETS = {
     "ours (HEURISTIC)": {},
@@ -96,7 +96,7 @@ def variants(folder: Path) -> dict[str, bytes]:
 
 
 def fidelity(folder: Path, refs: np.lib.npyio.NpzFile, work: Path) -> dict:
-    from embedder.runtime import ModelSession
+    from embedder.core.runtime import ModelSession
 
     pixels, fp32 = refs["mobilenet_v2/inputs"], refs["mobilenet_v2/fp32"]
     out = {}

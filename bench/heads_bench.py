@@ -20,9 +20,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from embedder.batch_export import BatchExportConfig, export_features  # noqa: E402
-from embedder.cache import content_key, load_features  # noqa: E402
-from embedder.sources import SourceItem  # noqa: E402
+from embedder.cache.store import content_key, load_features  # noqa: E402
+from embedder.features.run import BatchExportConfig, export_features  # noqa: E402
+from embedder.features.sources import SourceItem  # noqa: E402
 from heads import HeadConfig, train_head  # noqa: E402
 from heads.datasets import bbc_news, digits, lfw_faces  # noqa: E402
 from heads.evaluate import evaluate  # noqa: E402

@@ -25,7 +25,7 @@ TEXTS = [
 
 def ready_inputs(session, batch: int, texts: list[str] | None = None) -> dict[str, np.ndarray]:
     """A batch the graph takes as it is: random uint8 pixels, or tokenised texts."""
-    from embedder.inputs import Preprocessor
+    from embedder.core.inputs import Preprocessor
 
     m = session.manifest
     pre = Preprocessor(m, session.folder)

@@ -37,11 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ort_cuda import TEXTS, host_io, on_device, ready_inputs  # noqa: E402
 
-from embedder.client import AsyncEmbedderClient, embed_request, image_item  # noqa: E402
-from embedder.config import BatchingConfig, ServerConfig  # noqa: E402
-from embedder.manifest import Manifest  # noqa: E402
-from embedder.preprocess import TextTokenizer  # noqa: E402
-from embedder.runtime import open_session  # noqa: E402
+from embedder.client.clients import AsyncEmbedderClient, embed_request, image_item  # noqa: E402
+from embedder.core.config import BatchingConfig, ServerConfig  # noqa: E402
+from embedder.core.manifest import Manifest  # noqa: E402
+from embedder.core.preprocess import TextTokenizer  # noqa: E402
+from embedder.core.runtime import open_session  # noqa: E402
 from protos.embedder.v1 import embedder_pb2 as pb  # noqa: E402
 
 
@@ -176,7 +176,7 @@ def service(target: str, server_pid: int, repo: Path, name: str, seconds: float,
     return rows
 
 
-SERVE = "from embedder.cli import serve_main; raise SystemExit(serve_main())"
+SERVE = "from embedder.serving.cli import serve_main; raise SystemExit(serve_main())"
 
 
 def start_server(args: argparse.Namespace) -> subprocess.Popen:

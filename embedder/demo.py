@@ -52,9 +52,9 @@ def _jpeg(photo: np.ndarray) -> bytes:
 
 
 async def serve_and_query(repo: Path, faces: list[Path]) -> None:
-    from embedder.client import AsyncEmbedderClient
-    from embedder.config import ServerConfig
-    from embedder.server import EmbedderServer
+    from embedder.client.clients import AsyncEmbedderClient
+    from embedder.core.config import ServerConfig
+    from embedder.serving.server import EmbedderServer
     from export.samples import SAMPLE_SENTENCES, sample_photos
 
     server = EmbedderServer(ServerConfig(repository=repo, address="127.0.0.1:0"))
@@ -86,9 +86,9 @@ async def serve_and_query(repo: Path, faces: list[Path]) -> None:
 
 
 def embed_dataset(repo: Path, cache: Path, data: Path):
-    from embedder.batch_export import BatchExportConfig, export_features
-    from embedder.cache import content_key, load_features
-    from embedder.sources import image_folder
+    from embedder.cache.store import content_key, load_features
+    from embedder.features.run import BatchExportConfig, export_features
+    from embedder.features.sources import image_folder
     from heads.datasets import lfw_faces
 
     folder = data / "lfw_subset"
@@ -142,7 +142,7 @@ def train_and_publish(repo: Path, dataset: Path, features, pixels, out: Path) ->
 
 
 async def classify_through_server(client, photos: dict[str, np.ndarray], faces: list[Path]) -> None:
-    from embedder.client import image_item
+    from embedder.client.clients import image_item
     from protos.embedder.v1 import embedder_pb2 as pb
 
     names = [*photos, *(p.name for p in faces)]

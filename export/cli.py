@@ -7,7 +7,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from embedder.manifest import ImagePreprocess
+from embedder.core.manifest import ImagePreprocess
 
 from .errors import ExportError
 from .generic import hf_encoder_cfg, onnx_file_cfg

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from embedder.manifest import ImagePreprocess, TextPreprocess
+from embedder.core.manifest import ImagePreprocess, TextPreprocess
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from embedder.manifest import ImagePreprocess, TextPreprocess
+from embedder.core.manifest import ImagePreprocess, TextPreprocess
 
 from .config import IMAGENET, PretrainedCfg
 from .weights import require

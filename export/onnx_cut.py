@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from embedder.manifest import ImagePreprocess
+from embedder.core.manifest import ImagePreprocess
 
 from .errors import ExportError, UnknownLayerError
 

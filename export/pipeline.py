@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from embedder.manifest import Manifest, TensorSpec, TextPreprocess, sha256_file, swap_into_place
+from embedder.core.manifest import (
+    Manifest,
+    TensorSpec,
+    TextPreprocess,
+    sha256_file,
+    swap_into_place,
+)
 
 from .config import PretrainedCfg
 from .errors import ParityError, SanityCheckError, UnknownLayerError, VersionExistsError
@@ -49,7 +55,7 @@ class ExportResult:
 def sample_inputs(backbone) -> dict[str, np.ndarray]:
     if backbone.modality == "image":
         return {"pixels": sample_pixels(backbone.preprocess)[1]}
-    from embedder.preprocess import TextTokenizer
+    from embedder.core.preprocess import TextTokenizer
 
     tokenizer_path = backbone.extra_files[backbone.preprocess.tokenizer_file]
     return TextTokenizer(tokenizer_path, backbone.preprocess)(list(SAMPLE_SENTENCES))

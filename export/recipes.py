@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 
-from embedder.manifest import ImagePreprocess, TextPreprocess
+from embedder.core.manifest import ImagePreprocess, TextPreprocess
 
 from .config import IMAGENET, IMAGENET_SANITY, PretrainedCfg, WeightsSpec
 from .registry import register_backbone

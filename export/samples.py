@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedder.manifest import ImagePreprocess
+from embedder.core.manifest import ImagePreprocess
 
 SAMPLE_SENTENCES = (
     "A cup of espresso on a wooden table.",
@@ -32,7 +32,7 @@ def sample_photos() -> dict[str, np.ndarray]:
 
 def sample_pixels(cfg: ImagePreprocess) -> tuple[list[str], np.ndarray]:
     """The sample photos preprocessed exactly as the server will: (N, H, W, 3) uint8."""
-    from embedder.preprocess import image_to_pixels
+    from embedder.core.preprocess import image_to_pixels
 
     photos = sample_photos()
     return list(photos), np.stack([image_to_pixels(img, cfg) for img in photos.values()])

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from embedder.manifest import ImagePreprocess
+from embedder.core.manifest import ImagePreprocess
 
 from .errors import UnknownLayerError
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from embedder.manifest import TextPreprocess
+from embedder.core.manifest import TextPreprocess
 
 from .errors import MissingDependencyError, UnknownLayerError
 from .torch_image import torch_to_onnx

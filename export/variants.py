@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from embedder.manifest import Variant, sha256_file
+from embedder.core.manifest import Variant, sha256_file
 
 from .errors import ExportError
 

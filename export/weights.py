@@ -6,7 +6,7 @@ import importlib
 import importlib.metadata
 from pathlib import Path
 
-from embedder.manifest import WeightSource, sha256_file
+from embedder.core.manifest import WeightSource, sha256_file
 
 from .config import WeightsSpec
 from .errors import MissingDependencyError, WeightsChecksumError

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import onnx
 
-from embedder.cache import CacheIdentity
-from embedder.manifest import HeadSpec, Manifest, sha256_file, swap_into_place
+from embedder.cache.store import CacheIdentity
+from embedder.core.manifest import HeadSpec, Manifest, sha256_file, swap_into_place
 
 from .errors import FeatureError, HeadError
 from .persist import head_to_onnx, load_head

@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from embedder.errors import InputError
+from embedder.core.errors import InputError
 
 
 class Embeddings(TransformerMixin, BaseEstimator):
@@ -33,7 +33,7 @@ class Embeddings(TransformerMixin, BaseEstimator):
     def fit(self, X, y=None):
         self._session = self._preprocessor = None  # parameters may have changed since the fit
         if self.server:
-            from embedder.client import EmbedderClient
+            from embedder.client.clients import EmbedderClient
             from protos.embedder.v1 import embedder_pb2 as pb
 
             with EmbedderClient(self.server) as client:
@@ -62,7 +62,7 @@ class Embeddings(TransformerMixin, BaseEstimator):
         return np.array([f"{self.model}_{i}" for i in range(self.dim_)], dtype=object)
 
     def _via_server(self, items: list) -> np.ndarray:
-        from embedder.client import EmbedderClient
+        from embedder.client.clients import EmbedderClient
 
         with EmbedderClient(self.server) as client:
             if self.modality_ == "text":
@@ -74,8 +74,8 @@ class Embeddings(TransformerMixin, BaseEstimator):
             )
 
     def _local_session(self):
-        from embedder.batch_export import BatchExportConfig, open_model
-        from embedder.inputs import Preprocessor
+        from embedder.core.inputs import Preprocessor
+        from embedder.features.run import BatchExportConfig, open_model
 
         if getattr(self, "_session", None) is None:
             # One caller: its runs get all the cores.
@@ -87,8 +87,8 @@ class Embeddings(TransformerMixin, BaseEstimator):
         return self._session
 
     def _local(self, items: list) -> np.ndarray:
-        from embedder.inputs import RawItem
-        from embedder.preprocess import image_to_pixels
+        from embedder.core.inputs import RawItem
+        from embedder.core.preprocess import image_to_pixels
 
         session, pre = self._local_session(), self._preprocessor
         parts = []

@@ -9,8 +9,8 @@ import socket
 import threading
 from collections.abc import Iterator
 
-from embedder.config import ServerConfig
-from embedder.server import EmbedderServer
+from embedder.core.config import ServerConfig
+from embedder.serving.server import EmbedderServer
 
 
 def free_port() -> int:

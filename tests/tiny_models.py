@@ -83,7 +83,7 @@ def save_tiny_bert(folder) -> None:
 
 def export_tiny_repo(repo, bert_dir, image_variants=(), text_variants=(), max_length=16):
     """A tiny image model (32 px) and a tiny text model exported into `repo`."""
-    from embedder.manifest import ImagePreprocess
+    from embedder.core.manifest import ImagePreprocess
     from export import ExportConfig, export_backbone
     from export.generic import hf_encoder_cfg, module_backbone_cfg
 

@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from embedder.batch_export import BatchExportConfig, export_features
-from embedder.cache import load_features
-from embedder.manifest import Manifest
-from embedder.preprocess import TextTokenizer, preprocess_image_bytes
-from embedder.sources import image_folder, text_table
+from embedder.cache.store import load_features
+from embedder.core.manifest import Manifest
+from embedder.core.preprocess import TextTokenizer, preprocess_image_bytes
+from embedder.features.run import BatchExportConfig, export_features
+from embedder.features.sources import image_folder, text_table
 
 
 def make_images(root, per_class=6, size=(48, 40)):
@@ -163,7 +163,7 @@ def test_kill_9_then_resume_equals_a_clean_run(tiny_repo, tmp_path):
             images / f"{i:03d}.png"
         )
     killed_cache, clean_cache = tmp_path / "killed", tmp_path / "clean"
-    cmd = [sys.executable, "-m", "embedder.features_cli", "export", "--images", str(images),
+    cmd = [sys.executable, "-m", "embedder.features.cli", "export", "--images", str(images),
            "--repo", str(tiny_repo), "--model", "tiny_image", "--cache", str(killed_cache),
            "--batch-size", "4", "--shard-rows", "8", "--workers", "1", "--no-progress"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -259,7 +259,7 @@ def test_a_text_too_long_fails_alone(untruncated_repo, tmp_path, engine):
 
 
 def test_missing_model_is_a_clear_error(tiny_repo, images, tmp_path):
-    from embedder.errors import EmbedderError
+    from embedder.core.errors import EmbedderError
 
     with pytest.raises(EmbedderError, match="no model 'nope'"):
         export_features(
@@ -305,12 +305,12 @@ def test_failures_are_retried_but_recorded_once(tiny_repo, images, tmp_path):
 
 
 def test_rows_written_twice_by_two_writers_load_once(tiny_repo, images, tmp_path):
-    from embedder.cache import EmbeddingCache
+    from embedder.cache.store import EmbeddingCache
 
     summary = export_features(image_folder(images, True), config(tiny_repo, tmp_path / "c"))
     f = load_features(summary.dataset)
     ident = json.loads((summary.dataset / "dataset.json").read_text())
-    from embedder.cache import CacheIdentity
+    from embedder.cache.store import CacheIdentity
 
     second_writer = EmbeddingCache(tmp_path / "c", CacheIdentity(**ident))
     second_writer.append(list(f.keys[:3]), f.X[:3], [None] * 3, [None] * 3)
@@ -341,7 +341,7 @@ def test_server_engine_keeps_to_the_server_limits_and_fails_an_item_too_big(tiny
 
 
 def test_a_file_that_cannot_be_read_is_recorded_once_over_reruns(tiny_repo, images, tmp_path):
-    from embedder.sources import path_list
+    from embedder.features.sources import path_list
 
     listing = tmp_path / "list.txt"
     listing.write_text(f"{images / 'cats' / '0.jpg'}\n{images / 'cats' / 'missing.png'}\n")
@@ -381,7 +381,7 @@ def test_bad_rows_of_a_text_table_fail_alone(tiny_repo, tmp_path):
 
 
 def test_default_batch_size_follows_the_model_and_engine(tiny_repo, tmp_path):
-    from embedder.batch_export import batch_size_for
+    from embedder.features.run import batch_size_for
 
     def size(model, **kw):
         manifest = Manifest.read(tiny_repo / model / "1")
@@ -396,7 +396,7 @@ def test_default_batch_size_follows_the_model_and_engine(tiny_repo, tmp_path):
 def test_a_model_that_fails_to_load_ends_the_run_with_its_error(tiny_repo, images, tmp_path):
     import shutil
 
-    from embedder.manifest import ManifestError
+    from embedder.core.manifest import ManifestError
 
     folder = tmp_path / "repo" / "tiny_image" / "1"
     shutil.copytree(tiny_repo / "tiny_image" / "1", folder)
@@ -416,7 +416,7 @@ def failure_reasons(dataset) -> dict[str, str]:
 
 def test_a_lone_surrogate_and_a_huge_csv_field_fail_alone(tiny_repo, tmp_path):
     """Fault campaign: each used to abort the whole export with nothing written."""
-    from embedder.sources import MAX_FIELD_CHARS
+    from embedder.features.sources import MAX_FIELD_CHARS
 
     jsonl = tmp_path / "texts.jsonl"
     jsonl.write_text('{"text": "the cat sat"}\n{"text": "bad \\ud800 text"}\n{"text": "a dog"}\n')

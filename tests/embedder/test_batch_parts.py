@@ -5,11 +5,11 @@ import os
 import numpy as np
 import pytest
 
-from embedder.batch_parts import by_token_budget, token_parts
-from embedder.config import ServerConfig
-from embedder.inputs import Preprocessor
-from embedder.manifest import Manifest
-from embedder.runtime import open_session
+from embedder.core.batch_parts import by_token_budget, token_parts
+from embedder.core.config import ServerConfig
+from embedder.core.inputs import Preprocessor
+from embedder.core.manifest import Manifest
+from embedder.core.runtime import open_session
 
 
 def test_token_parts_group_similar_lengths_within_the_budget():

@@ -4,11 +4,11 @@ import math
 
 import pytest
 
-from embedder.batch_export import BatchExportConfig
-from embedder.cli import serve_main
-from embedder.config import BatchingConfig, ServerConfig
-from embedder.errors import ConfigError
-from embedder.features_cli import main as features_main
+from embedder.core.config import BatchingConfig, ServerConfig
+from embedder.core.errors import ConfigError
+from embedder.features.cli import main as features_main
+from embedder.features.run import BatchExportConfig
+from embedder.serving.cli import serve_main
 
 
 @pytest.mark.parametrize(
@@ -69,7 +69,7 @@ def test_serve_reports_a_taken_port_and_unreadable_tls_files(tiny_repo, tmp_path
 def test_automatic_thread_settings():
     import os
 
-    from embedder.runtime import thread_defaults
+    from embedder.core.runtime import thread_defaults
 
     cores = len(os.sched_getaffinity(0))
     auto = thread_defaults(ServerConfig(provider="cpu"))

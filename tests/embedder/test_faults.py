@@ -8,9 +8,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server_helpers import ServerThread, free_port, running_server, self_signed_cert
 
-from embedder.client import EmbedderClient, embed_request
-from embedder.config import ServerConfig
-from embedder.errors import EmbedderError
+from embedder.client.clients import EmbedderClient, embed_request
+from embedder.core.config import ServerConfig
+from embedder.core.errors import EmbedderError
 from protos.embedder.v1 import embedder_pb2 as pb
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -15,10 +15,10 @@ import onnxruntime as ort
 import pytest
 from server_helpers import running_server
 
-from embedder.client import EmbedderClient, image_item
-from embedder.config import ServerConfig
-from embedder.manifest import Manifest
-from embedder.runtime import CPU, CUDA, open_session, provider_options
+from embedder.client.clients import EmbedderClient, image_item
+from embedder.core.config import ServerConfig
+from embedder.core.manifest import Manifest
+from embedder.core.runtime import CPU, CUDA, open_session, provider_options
 from protos.embedder.v1 import embedder_pb2 as pb
 
 pytestmark = [
@@ -55,7 +55,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def feeds(s, batch: int) -> dict[str, np.ndarray]:
-    from embedder.inputs import Preprocessor
+    from embedder.core.inputs import Preprocessor
 
     pre = Preprocessor(s.manifest, s.folder)
     if s.manifest.modality == "text":
@@ -123,9 +123,9 @@ def test_the_server_reports_cuda_and_serves_fp16(gpu_repo):
 def test_batch_export_on_the_gpu_caches_the_fp16_file(gpu_repo, tmp_path):
     from PIL import Image
 
-    from embedder.batch_export import BatchExportConfig, export_features
-    from embedder.cache import load_features, read_identity
-    from embedder.sources import image_folder
+    from embedder.cache.store import load_features, read_identity
+    from embedder.features.run import BatchExportConfig, export_features
+    from embedder.features.sources import image_folder
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -150,9 +150,9 @@ FALLBACK = textwrap.dedent(
     """
     import logging, sys
     from pathlib import Path
-    from embedder.config import ServerConfig
-    from embedder.manifest import Manifest
-    from embedder.runtime import ProviderError, open_session
+    from embedder.core.config import ServerConfig
+    from embedder.core.manifest import Manifest
+    from embedder.core.runtime import ProviderError, open_session
     logging.basicConfig(level=logging.WARNING)
     folder = Path(sys.argv[1])
     manifest = Manifest.read(folder)

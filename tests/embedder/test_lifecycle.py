@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from server_helpers import ServerThread, free_port
 
-from embedder.client import EmbedderClient
-from embedder.config import ServerConfig
+from embedder.client.clients import EmbedderClient
+from embedder.core.config import ServerConfig
 
 SERVING, NOT_SERVING = (
     health_pb2.HealthCheckResponse.SERVING,
@@ -40,7 +40,7 @@ def _watch(target: str, seen: list, stop: threading.Event) -> None:
 
 @pytest.mark.slow
 def test_not_serving_until_warm_then_serving_then_draining(default_repo, monkeypatch):
-    from embedder.repository import ModelRepository
+    from embedder.core.repository import ModelRepository
 
     observed_loading = threading.Event()
     real_load = ModelRepository.load
@@ -82,7 +82,7 @@ def _png(i: int) -> bytes:
 
 def test_sigterm_drains_in_flight_requests(tiny_repo):
     port = free_port()
-    cmd = [sys.executable, "-c", "from embedder.cli import serve_main; raise SystemExit(serve_main())",
+    cmd = [sys.executable, "-c", "from embedder.serving.cli import serve_main; raise SystemExit(serve_main())",
            "--repo", str(tiny_repo), "--address", f"127.0.0.1:{port}", "--max-queue-delay-ms", "400",
            "--max-batch-size", "256", "--drain-seconds", "2"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from embedder.errors import ManifestError
-from embedder.manifest import Manifest
+from embedder.core.errors import ManifestError
+from embedder.core.manifest import Manifest
 
 
 def test_round_trip_and_tamper_detection(cnn, tmp_path):

@@ -6,9 +6,9 @@ import shutil
 import pytest
 from server_helpers import running_server
 
-from embedder.cache import CacheIdentity
-from embedder.client import EmbedderClient
-from embedder.manifest import Manifest, sha256_file
+from embedder.cache.store import CacheIdentity
+from embedder.client.clients import EmbedderClient
+from embedder.core.manifest import Manifest, sha256_file
 
 
 @pytest.fixture

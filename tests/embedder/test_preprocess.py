@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedder.errors import InputError
-from embedder.manifest import ImagePreprocess
-from embedder.preprocess import preprocess_image_bytes
+from embedder.core.errors import InputError
+from embedder.core.manifest import ImagePreprocess
+from embedder.core.preprocess import preprocess_image_bytes
 
 CFG = ImagePreprocess(size=(32, 32), resize_shorter=36)
 

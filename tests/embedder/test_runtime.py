@@ -3,9 +3,9 @@
 import onnxruntime as ort
 import pytest
 
-from embedder.config import ServerConfig
-from embedder.manifest import Manifest
-from embedder.runtime import (
+from embedder.core.config import ServerConfig
+from embedder.core.manifest import Manifest
+from embedder.core.runtime import (
     CPU,
     CUDA,
     TENSORRT,
@@ -67,7 +67,7 @@ def test_cuda_requested_without_it_refuses_to_start(tiny_repo):
 def test_in_chunks_runs_consecutive_slices(tiny_repo):
     import numpy as np
 
-    from embedder.batch_parts import in_chunks
+    from embedder.core.batch_parts import in_chunks
 
     folder = tiny_repo / "tiny_image" / "1"
     session = open_session(folder, Manifest.read(folder), ServerConfig(provider="cpu"))
@@ -84,7 +84,7 @@ def test_in_chunks_runs_consecutive_slices(tiny_repo):
 
 
 def test_gpu_batch_buckets_are_powers_of_two_up_to_the_largest_batch():
-    from embedder.runtime import batch_buckets
+    from embedder.core.runtime import batch_buckets
 
     assert batch_buckets(64) == (1, 2, 4, 8, 16, 32, 64)
     assert batch_buckets(48) == (1, 2, 4, 8, 16, 32, 48)
@@ -94,7 +94,7 @@ def test_gpu_batch_buckets_are_powers_of_two_up_to_the_largest_batch():
 def test_a_padded_batch_repeats_its_last_row():
     import numpy as np
 
-    from embedder.runtime import _pad_rows
+    from embedder.core.runtime import _pad_rows
 
     feeds = {"input_ids": np.arange(6).reshape(3, 2), "attention_mask": np.ones((3, 2), int)}
     padded = _pad_rows(feeds, 5)

@@ -17,10 +17,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from server_helpers import free_port, running_server, self_signed_cert
 
-from embedder.client import EmbedderClient, StreamItemError, decode, embed_request, image_item
-from embedder.config import BatchingConfig
-from embedder.manifest import Manifest
-from embedder.preprocess import TextTokenizer, preprocess_image_bytes
+from embedder.client.clients import (
+    EmbedderClient,
+    StreamItemError,
+    decode,
+    embed_request,
+    image_item,
+)
+from embedder.core.config import BatchingConfig
+from embedder.core.manifest import Manifest
+from embedder.core.preprocess import TextTokenizer, preprocess_image_bytes
 from protos.embedder.v1 import embedder_pb2 as pb
 
 
@@ -311,7 +317,7 @@ def test_tls(tiny_repo, tmp_path):
         with EmbedderClient(server.target, token="t") as plaintext:
             with pytest.raises(grpc.RpcError):
                 plaintext.list_models()
-        from embedder.cli import client_main
+        from embedder.serving.cli import client_main
 
         argv = ["--server", server.target, "--token", "t", "--root-cert", str(cert), "models"]
         assert client_main(argv) == 0
@@ -361,7 +367,7 @@ def test_int8_variant_served_on_request(tiny_repo):
 
 
 def test_empty_repository_is_an_error(tmp_path):
-    from embedder.errors import EmbedderError
+    from embedder.core.errors import EmbedderError
 
     with pytest.raises(EmbedderError, match="no servable model"):
         with running_server(tmp_path):
@@ -401,7 +407,7 @@ def test_failed_start_releases_the_port(tiny_repo):
     reason="this machine has CUDA",
 )
 def test_cuda_requested_without_it_fails_the_start_once(tiny_repo):
-    from embedder.runtime import ProviderError
+    from embedder.core.runtime import ProviderError
 
     with pytest.raises(ProviderError, match="'cuda' requested .* install onnxruntime-gpu"):
         with running_server(tiny_repo, provider="cuda"):
@@ -409,7 +415,7 @@ def test_cuda_requested_without_it_fails_the_start_once(tiny_repo):
 
 
 def test_every_model_refused_is_named(tmp_path):
-    from embedder.errors import EmbedderError
+    from embedder.core.errors import EmbedderError
 
     folder = tmp_path / "broken" / "1"
     folder.mkdir(parents=True)
@@ -455,16 +461,16 @@ def big_png(side: int) -> bytes:
 
 
 def test_one_bad_item_drops_the_rest_of_its_decodes(tiny_repo, monkeypatch):
-    import embedder.inputs
+    import embedder.core.inputs
 
     decoded = []
-    real = embedder.inputs.preprocess_image_bytes
+    real = embedder.core.inputs.preprocess_image_bytes
 
     def counting(*args):
         decoded.append(1)
         return real(*args)
 
-    monkeypatch.setattr(embedder.inputs, "preprocess_image_bytes", counting)
+    monkeypatch.setattr(embedder.core.inputs, "preprocess_image_bytes", counting)
     with (
         running_server(tiny_repo, preprocess_threads=1) as server,
         EmbedderClient(server.target) as c,

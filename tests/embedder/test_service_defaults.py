@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 from server_helpers import running_server
 
-from embedder.client import EmbedderClient
-from embedder.manifest import Manifest
-from embedder.preprocess import TextTokenizer, preprocess_image_bytes
+from embedder.client.clients import EmbedderClient
+from embedder.core.manifest import Manifest
+from embedder.core.preprocess import TextTokenizer, preprocess_image_bytes
 from export.samples import SAMPLE_SENTENCES, sample_photos
 
 pytestmark = pytest.mark.slow

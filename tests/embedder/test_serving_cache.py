@@ -6,9 +6,9 @@ import numpy as np
 from PIL import Image
 from server_helpers import running_server
 
-from embedder.batch_export import BatchExportConfig, export_features
-from embedder.client import EmbedderClient, embed_request
-from embedder.sources import image_folder
+from embedder.client.clients import EmbedderClient, embed_request
+from embedder.features.run import BatchExportConfig, export_features
+from embedder.features.sources import image_folder
 from protos.embedder.v1 import embedder_pb2 as pb
 
 

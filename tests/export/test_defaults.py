@@ -4,7 +4,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from embedder.manifest import Manifest
+from embedder.core.manifest import Manifest
 from export import ExportConfig, export_backbone
 from export.errors import SanityCheckError
 from export.registry import get_pretrained_cfg
@@ -41,7 +41,7 @@ def test_imagenet_sanity_recorded(default_repo, name):
 def test_minilm_matches_sentence_transformers(default_repo):
     from sentence_transformers import SentenceTransformer
 
-    from embedder.preprocess import TextTokenizer
+    from embedder.core.preprocess import TextTokenizer
     from export.samples import SAMPLE_SENTENCES
     from export.weights import weights_file
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from tiny_models import TinyViT
 
-from embedder.manifest import ImagePreprocess
+from embedder.core.manifest import ImagePreprocess
 from export import ExportConfig, export_backbone
 from export.errors import UnknownLayerError
 from export.generic import onnx_file_cfg

@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from embedder.manifest import ImagePreprocess, Manifest
+from embedder.core.manifest import ImagePreprocess, Manifest
 from export import ExportConfig, export_backbone
 from export.errors import ParityError, UnknownLayerError, VersionExistsError
 from export.generic import module_backbone_cfg

@@ -5,8 +5,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from embedder.manifest import Manifest
-from embedder.preprocess import TextTokenizer
+from embedder.core.manifest import Manifest
+from embedder.core.preprocess import TextTokenizer
 from export import ExportConfig, export_backbone
 from export.errors import MissingDependencyError
 from export.generic import hf_encoder_cfg

@@ -7,11 +7,11 @@ import pytest
 from PIL import Image
 from server_helpers import running_server
 
-from embedder.batch_export import BatchExportConfig, export_features
-from embedder.cache import load_features
-from embedder.client import EmbedderClient, embed_request, image_item
-from embedder.manifest import Manifest
-from embedder.sources import image_folder
+from embedder.cache.store import load_features
+from embedder.client.clients import EmbedderClient, embed_request, image_item
+from embedder.core.manifest import Manifest
+from embedder.features.run import BatchExportConfig, export_features
+from embedder.features.sources import image_folder
 from heads import HeadConfig, train_head
 from heads.cli import main as heads_main
 from heads.errors import FeatureError
@@ -68,7 +68,7 @@ def test_published_classify_equals_sklearn(tiny_repo, trained, tmp_path):
     backbone = ort.InferenceSession(
         str(tiny_repo / "tiny_image" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
     )
-    from embedder.preprocess import preprocess_image_bytes
+    from embedder.core.preprocess import preprocess_image_bytes
 
     pixels = np.stack([preprocess_image_bytes(p.read_bytes(), m.preprocess) for p in images])
     features = backbone.run(["features"], {"pixels": pixels})[0]

@@ -84,8 +84,8 @@ def test_server_and_local_agree_and_pickle_round_trip(tiny_repo, tiny_server, im
 def test_text_model_equals_the_onnx_session_locally_and_through_the_server(tiny_repo, tiny_server):
     import onnxruntime as ort
 
-    from embedder.manifest import Manifest
-    from embedder.preprocess import TextTokenizer
+    from embedder.core.manifest import Manifest
+    from embedder.core.preprocess import TextTokenizer
 
     texts = ["the cat sat on the mat", "dog"]  # padded together in one batch
     folder = tiny_repo / "tiny_text" / "1"

@@ -24,18 +24,17 @@ from typing import Literal
 
 import numpy as np
 
+from embedder.cache.store import CacheIdentity, EmbeddingCache, content_key, failure_id
+from embedder.core.batch_parts import CPU_IMAGE_BATCH
+from embedder.core.config import Provider, ServerConfig, check_ranges
+from embedder.core.errors import EmbedderError, InputError
+from embedder.core.inputs import Preprocessor, RawItem
+from embedder.core.manifest import Manifest
+from embedder.core.preprocess import DEFAULT_MAX_PIXELS
+from embedder.core.repository import version_key
+from embedder.core.runtime import CPU, ModelSession, model_file, open_session, provider_chain
+from embedder.features.sources import SourceItem
 from protos.embedder.v1 import embedder_pb2 as pb
-
-from .batch_parts import CPU_IMAGE_BATCH
-from .cache import CacheIdentity, EmbeddingCache, content_key, failure_id
-from .config import Provider, ServerConfig, check_ranges
-from .errors import EmbedderError, InputError
-from .inputs import Preprocessor, RawItem
-from .manifest import Manifest
-from .preprocess import DEFAULT_MAX_PIXELS
-from .repository import version_key
-from .runtime import CPU, ModelSession, model_file, open_session, provider_chain
-from .sources import SourceItem
 
 Engine = Literal["local", "server", "ray"]
 
@@ -288,7 +287,7 @@ def prepare_stream(items: list[SourceItem], prepare: Callable[[SourceItem], Prep
 def export_features(items: Iterable[SourceItem], config: BatchExportConfig) -> Summary:
     """Embed every item not already cached; returns what happened."""
     if config.engine == "ray":
-        from .ray_engine import export_with_ray
+        from embedder.features.ray import export_with_ray
 
         return export_with_ray(list(items), config)
     started = time.perf_counter()
@@ -414,7 +413,7 @@ def _server_embedder(config: BatchExportConfig, manifest: Manifest, limits, stac
     item the server rejects (or one too big for any request) is recorded and the rest resent."""
     import grpc
 
-    from .client import EmbedderClient, embed_request, request_chunks
+    from embedder.client.clients import EmbedderClient, embed_request, request_chunks
 
     max_bytes, max_items = limits.max_message_bytes, limits.max_items_per_request
     client = stack.enter_context(EmbedderClient(config.server, max_message_bytes=max_bytes))
@@ -455,7 +454,7 @@ def _server_model(config: BatchExportConfig) -> tuple[Manifest, CacheIdentity, p
     limits of the server's requests."""
     import json
 
-    from .client import EmbedderClient
+    from embedder.client.clients import EmbedderClient
 
     if not config.server:
         raise EmbedderError("engine 'server' needs --server host:port")

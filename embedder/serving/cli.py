@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import BatchingConfig, ServerConfig
-from .errors import EmbedderError
+from embedder.core.config import BatchingConfig, ServerConfig
+from embedder.core.errors import EmbedderError
 
 
 def serve_parser() -> argparse.ArgumentParser:
@@ -79,7 +79,7 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
 
 
 def serve_main(argv: list[str] | None = None) -> int:
-    from .server import serve_forever
+    from embedder.serving.server import serve_forever
 
     args = serve_parser().parse_args(argv)
     logging.basicConfig(
@@ -113,7 +113,7 @@ def write_output(path: Path, ids: list[str], embeddings: np.ndarray) -> None:
 def client_main(argv: list[str] | None = None) -> int:
     import grpc
 
-    from .client import EmbedderClient
+    from embedder.client.clients import EmbedderClient
 
     p = argparse.ArgumentParser(prog="embedder-client", description="Embed files or text lines.")
     p.add_argument("--server", default="127.0.0.1:50051")

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import EmbedderError, InputError
-from .manifest import ImagePreprocess, TextPreprocess
+from embedder.core.errors import EmbedderError, InputError
+from embedder.core.manifest import ImagePreprocess, TextPreprocess
 
 DEFAULT_MAX_PIXELS = 40_000_000
 # Formats whose header gives the true size before any pixel is decoded (an ICO, for one, decodes

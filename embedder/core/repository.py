@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .config import ServerConfig
-from .errors import EmbedderError, ModelNotFoundError, echo
-from .manifest import MANIFEST_NAME, Manifest
-from .runtime import ModelSession, open_session
+from embedder.core.config import ServerConfig
+from embedder.core.errors import EmbedderError, ModelNotFoundError, echo
+from embedder.core.manifest import MANIFEST_NAME, Manifest
+from embedder.core.runtime import ModelSession, open_session
 
 log = logging.getLogger(__name__)
 

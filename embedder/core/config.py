@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .errors import ConfigError
-from .preprocess import DEFAULT_MAX_PIXELS
+from embedder.core.errors import ConfigError
+from embedder.core.preprocess import DEFAULT_MAX_PIXELS
 
 Provider = Literal["auto", "cpu", "cuda", "tensorrt"]
 

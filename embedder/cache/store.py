@@ -30,8 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import EmbedderError
-from .manifest import Manifest
+from embedder.core.errors import EmbedderError
+from embedder.core.manifest import Manifest
 
 EMBEDDINGS, FAILURES, RUNS = "embeddings", "failures", "runs"
 RUN_SCHEMA = pa.schema([("key", pa.string()), ("label", pa.string()), ("source", pa.string())])

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from embedder.cache.store import EmbeddingCache, content_key
+from embedder.core.runtime import ModelSession
+from embedder.features.run import CacheWriter, identity_for
 from protos.embedder.v1 import embedder_pb2 as pb
-
-from .batch_export import CacheWriter, identity_for
-from .cache import EmbeddingCache, content_key
-from .runtime import ModelSession
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,14 @@ from typing import Literal
 
 import numpy as np
 
-from .errors import InputError, echo, shorten
-from .manifest import ImagePreprocess, Manifest
-from .preprocess import DEFAULT_MAX_PIXELS, TextTokenizer, pad_token_ids, preprocess_image_bytes
+from embedder.core.errors import InputError, echo, shorten
+from embedder.core.manifest import ImagePreprocess, Manifest
+from embedder.core.preprocess import (
+    DEFAULT_MAX_PIXELS,
+    TextTokenizer,
+    pad_token_ids,
+    preprocess_image_bytes,
+)
 
 ItemKind = Literal["image", "text", "tensor"]
 

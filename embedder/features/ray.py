@@ -16,7 +16,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .batch_export import (
+from embedder.cache.store import CacheIdentity, EmbeddingCache
+from embedder.core.errors import EmbedderError
+from embedder.core.inputs import Preprocessor
+from embedder.core.manifest import Manifest
+from embedder.features.run import (
     BatchExportConfig,
     CacheWriter,
     Prepared,
@@ -29,11 +33,7 @@ from .batch_export import (
     open_model,
     planned_identity,
 )
-from .cache import CacheIdentity, EmbeddingCache
-from .errors import EmbedderError
-from .inputs import Preprocessor
-from .manifest import Manifest
-from .sources import SourceItem
+from embedder.features.sources import SourceItem
 
 OUTPUT_COLUMNS = ("key", "embedding", "label", "source", "status", "reason")
 

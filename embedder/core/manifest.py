@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import ManifestError
+from embedder.core.errors import ManifestError
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1

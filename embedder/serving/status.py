@@ -13,7 +13,7 @@ import logging
 import grpc
 from google.protobuf.message import DecodeError
 
-from .errors import (
+from embedder.core.errors import (
     DeadlineExceededError,
     InputError,
     MessageTooLargeError,

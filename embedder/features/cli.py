@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from .batch_export import BatchExportConfig, export_features
-from .cache import load_features
-from .errors import EmbedderError
-from .sources import image_folder, path_list, text_table
+from embedder.cache.store import load_features
+from embedder.core.errors import EmbedderError
+from embedder.features.run import BatchExportConfig, export_features
+from embedder.features.sources import image_folder, path_list, text_table
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,19 +13,24 @@ from typing import Any
 
 import numpy as np
 
+from embedder.core.batch_parts import CPU_IMAGE_BATCH, in_chunks
+from embedder.core.config import ServerConfig
+from embedder.core.errors import (
+    InputError,
+    MessageTooLargeError,
+    ModelNotFoundError,
+    NotReadyError,
+    echo,
+)
+from embedder.core.inputs import Preprocessor, RawItem, tensor_from_bytes
+from embedder.core.repository import ModelRepository
+from embedder.core.runtime import ModelSession
+from embedder.engine.batcher import BatchStats, DynamicBatcher
+from embedder.engine.cache_lookup import ServingCache
+from embedder.engine.metrics import Metrics
+from embedder.serving.status import status_for, stream_rpc, unary_rpc
 from protos.embedder.v1 import embedder_pb2 as pb
 from protos.embedder.v1 import embedder_pb2_grpc as pb_grpc
-
-from .batch_parts import CPU_IMAGE_BATCH, in_chunks
-from .batcher import BatchStats, DynamicBatcher
-from .config import ServerConfig
-from .errors import InputError, MessageTooLargeError, ModelNotFoundError, NotReadyError, echo
-from .inputs import Preprocessor, RawItem, tensor_from_bytes
-from .metrics import Metrics
-from .repository import ModelRepository
-from .runtime import ModelSession
-from .serving_cache import ServingCache
-from .status import status_for, stream_rpc, unary_rpc
 
 _ITEM_NUMBER = re.compile(r"^item (\d+):")
 INLINE_TEXT_CHARS = 2048  # tokenising this much takes ~0.1 ms: cheaper than a thread hop

@@ -11,16 +11,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from embedder.core.config import ServerConfig
+from embedder.core.errors import EmbedderError
+from embedder.core.repository import ModelRepository
+from embedder.core.runtime import thread_defaults
+from embedder.engine.metrics import Metrics
+from embedder.serving.auth import BearerTokenInterceptor
+from embedder.serving.servicer import EmbedderService
 from protos.embedder.v1 import embedder_pb2 as pb
 from protos.embedder.v1 import embedder_pb2_grpc as pb_grpc
-
-from .config import ServerConfig
-from .errors import EmbedderError
-from .interceptors import BearerTokenInterceptor
-from .metrics import Metrics
-from .repository import ModelRepository
-from .runtime import thread_defaults
-from .service import EmbedderService
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .batch_parts import CPU_BATCH_TOKENS, by_token_budget
-from .config import Provider, ServerConfig
-from .errors import EmbedderError
-from .manifest import Manifest
+from embedder.core.batch_parts import CPU_BATCH_TOKENS, by_token_budget
+from embedder.core.config import Provider, ServerConfig
+from embedder.core.errors import EmbedderError
+from embedder.core.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
