@@ -34,15 +34,12 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from embedder.cache.store import CacheIdentity, EmbeddingCache, load_features  # noqa: E402
+from embedder.cache import CacheIdentity, EmbeddingCache, load_features  # noqa: E402
 from embedder.core.inputs import Preprocessor  # noqa: E402
 from embedder.core.preprocess import preprocess_image_bytes  # noqa: E402
-from embedder.features.run import (  # noqa: E402
-    BatchExportConfig,
-    export_features,
-    make_preparer,
-    open_model,
-)
+from embedder.features import FeaturesConfig, export_features  # noqa: E402
+from embedder.features.local import open_model  # noqa: E402
+from embedder.features.prepare import make_preparer  # noqa: E402
 from embedder.features.sources import image_folder  # noqa: E402
 
 
@@ -79,7 +76,7 @@ def _timed(fn) -> tuple[float, float]:
 BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 
 
-def ceiling(config: BatchExportConfig, paths: list[Path], seconds: float) -> dict:
+def ceiling(config: FeaturesConfig, paths: list[Path], seconds: float) -> dict:
     """The best in-process rate on decoded pixels over batch sizes, run one at a time with
     every core or two side by side with half the cores each; with its CPU ms per image."""
     best: dict = {"rate": 0.0}
@@ -117,7 +114,7 @@ def _run_for(session, pixels: np.ndarray, size: int, streams: int, seconds: floa
     return sum(counts) / wall, 1000 * cpu / sum(counts)
 
 
-def preprocessing_ms(config: BatchExportConfig, paths: list[Path]) -> float:
+def preprocessing_ms(config: FeaturesConfig, paths: list[Path]) -> float:
     """CPU ms per image to read, hash, decode and resize, on one thread."""
     session = open_model(config)
     pre = Preprocessor(session.manifest, session.folder, config.max_image_pixels)
@@ -127,7 +124,7 @@ def preprocessing_ms(config: BatchExportConfig, paths: list[Path]) -> float:
     return 1000 * cpu / len(items)
 
 
-def timed_export(items: list, config: BatchExportConfig) -> tuple[float, float, object]:
+def timed_export(items: list, config: FeaturesConfig) -> tuple[float, float, object]:
     """(wall seconds, CPU ms per embedded item, summary)."""
     result = {}
     wall, cpu = _timed(lambda: result.update(s=export_features(items, config)))
@@ -135,7 +132,7 @@ def timed_export(items: list, config: BatchExportConfig) -> tuple[float, float, 
     return wall, 1000 * cpu / max(1, summary.embedded), summary
 
 
-def cold_export(items: list, config: BatchExportConfig, work: Path) -> dict:
+def cold_export(items: list, config: FeaturesConfig, work: Path) -> dict:
     """The whole cold export, and its steady rate: the export of an eighth of the items, into
     another cache, measures the fixed cost (loading the model, first batch, writing the run)."""
     part = items[: len(items) // 8]
@@ -190,7 +187,7 @@ def main() -> None:
         notes, colds, winners = [], {}, []
         for name in args.models:
             base = dict(repo=args.repo, model=name, progress=False)
-            config = BatchExportConfig(cache=work / f"cache-{name}", **base)
+            config = FeaturesConfig(cache=work / f"cache-{name}", **base)
             best = ceiling(config, paths, args.seconds)
             top, inference_ms = best["rate"], best["cpu_ms"]
             winners.append(f"{name} {best['streams']} x batch {best['batch']}")

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from embedder.client.clients import AsyncEmbedderClient, embed_request  # noqa: E402
+from embedder.client import AsyncEmbedderClient, embed_request  # noqa: E402
 from protos.embedder.v1 import embedder_pb2 as pb  # noqa: E402
 
 SERVE = "from embedder.serving.cli import serve_main; raise SystemExit(serve_main())"

@@ -41,7 +41,7 @@ step 90 fidelity "$py" bench/gpu_fidelity.py check --repo "$models" --refs "$bun
     --json "$out/fidelity.json"
 step 90 probe "$py" bench/gpu_probe.py --folder "$models/mobilenet_v2/1" --refs "$bundle/refs.npz" \
     --json "$out/probe.json"
-step 150 gpu-tests "$py" -m pytest -q -m gpu -p no:cacheprovider tests/embedder/test_gpu.py
+step 150 gpu-tests "$py" -m pytest -q -m gpu -p no:cacheprovider tests/embedder/core/test_gpu.py
 step 200 serve "$py" bench/serve_bench.py --repo "$models" --provider cuda --seconds 3 \
     --json "$out/serve.json"
 step 150 export "$py" bench/export_bench.py --repo "$models" --provider cuda --images 3000 \

@@ -19,11 +19,13 @@ import export_bench as eb
 from ort_cuda import host_io, ready_inputs
 
 from embedder.core.inputs import Preprocessor
-from embedder.features.run import BatchExportConfig, make_preparer, open_model
+from embedder.features import FeaturesConfig
+from embedder.features.local import open_model
+from embedder.features.prepare import make_preparer
 from embedder.features.sources import image_folder, text_table
 
 
-def cpu_bound(config: BatchExportConfig, items: list, cores: int) -> float:
+def cpu_bound(config: FeaturesConfig, items: list, cores: int) -> float:
     """Items/s of reading, hashing and preprocessing alone, in chunks of 8 on `cores` threads."""
     session = open_model(config)
     pre = Preprocessor(session.manifest, session.folder, config.max_image_pixels)
@@ -35,7 +37,7 @@ def cpu_bound(config: BatchExportConfig, items: list, cores: int) -> float:
         return len(items) / (time.perf_counter() - started)
 
 
-def gpu_bound(config: BatchExportConfig, texts: list[str] | None, paths: list[Path],
+def gpu_bound(config: FeaturesConfig, texts: list[str] | None, paths: list[Path],
               seconds: float) -> float:  # fmt: skip
     """Raw onnxruntime-CUDA, batch 64, host in/out, one or two callers: the better rate."""
     session = open_model(config)
@@ -95,7 +97,7 @@ def main(args) -> None:
         )
         print("|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
         for name in args.models:
-            config = BatchExportConfig(repo=args.repo, model=name, provider="cuda",
+            config = FeaturesConfig(repo=args.repo, model=name, provider="cuda",
                                        cache=work / f"cache-{name}", progress=False)  # fmt: skip
             text_model = open_model(config).manifest.modality == "text"
             data, items = ("BBC News", bbc) if text_model else (f"{len(paths)} JPEGs", images)

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from embedder.core.config import ServerConfig  # noqa: E402
+from embedder.core.config import SessionConfig  # noqa: E402
 from embedder.core.inputs import Preprocessor, RawItem  # noqa: E402
 from embedder.core.manifest import Manifest  # noqa: E402
 from embedder.core.runtime import open_session  # noqa: E402
@@ -73,7 +73,7 @@ def opened(repo: Path, name: str, provider: str):
     """(session, preprocessor) of version 1 of `name` on `provider`."""
     folder = repo / name / "1"
     manifest = Manifest.read(folder)
-    return open_session(folder, manifest, ServerConfig(provider=provider)), Preprocessor(
+    return open_session(folder, manifest, SessionConfig(provider=provider)), Preprocessor(
         manifest, folder
     )
 

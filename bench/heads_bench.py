@@ -20,8 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from embedder.cache.store import content_key, load_features  # noqa: E402
-from embedder.features.run import BatchExportConfig, export_features  # noqa: E402
+from embedder.cache import content_key, load_features  # noqa: E402
+from embedder.features import FeaturesConfig, export_features  # noqa: E402
 from embedder.features.sources import SourceItem  # noqa: E402
 from heads import HeadConfig, train_head  # noqa: E402
 from heads.datasets import bbc_news, digits, lfw_faces  # noqa: E402
@@ -29,7 +29,7 @@ from heads.evaluate import evaluate  # noqa: E402
 from heads.fewshot import few_shot_curve, pixel_baseline, plot_curve  # noqa: E402
 
 
-def embed(items: list[SourceItem], keys: list[str], config: BatchExportConfig) -> np.ndarray:
+def embed(items: list[SourceItem], keys: list[str], config: FeaturesConfig) -> np.ndarray:
     """Batch-export into the cache, then rows in the order of `keys` (content hashes)."""
     summary = export_features(items, config)
     features = load_features(summary.dataset)
@@ -43,7 +43,7 @@ def image_features(paths, model, args) -> np.ndarray:
     return embed(
         items,
         keys,
-        BatchExportConfig(repo=args.repo, model=model, cache=args.cache, progress=False),
+        FeaturesConfig(repo=args.repo, model=model, cache=args.cache, progress=False),
     )
 
 
@@ -53,7 +53,7 @@ def text_features(texts, model, args) -> np.ndarray:
     return embed(
         items,
         keys,
-        BatchExportConfig(repo=args.repo, model=model, cache=args.cache, progress=False),
+        FeaturesConfig(repo=args.repo, model=model, cache=args.cache, progress=False),
     )
 
 

@@ -37,11 +37,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ort_cuda import TEXTS, host_io, on_device, ready_inputs  # noqa: E402
 
-from embedder.client.clients import AsyncEmbedderClient, embed_request, image_item  # noqa: E402
-from embedder.core.config import BatchingConfig, ServerConfig  # noqa: E402
+from embedder.client import AsyncEmbedderClient, embed_request, image_item  # noqa: E402
+from embedder.core.config import SessionConfig  # noqa: E402
 from embedder.core.manifest import Manifest  # noqa: E402
 from embedder.core.preprocess import TextTokenizer  # noqa: E402
-from embedder.core.runtime import open_session  # noqa: E402
+from embedder.core.runtime import (
+    batch_buckets,  # noqa: E402
+    open_session,  # noqa: E402
+)
+from embedder.engine.config import BatchingConfig  # noqa: E402
 from protos.embedder.v1 import embedder_pb2 as pb  # noqa: E402
 
 
@@ -89,7 +93,7 @@ def in_process(repo: Path, name: str, provider: str, seconds: float) -> list[dic
     32 with half the cores each. The better batch-32 figure is the ceiling for the service."""
     folder = repo / name / "1"
     manifest = Manifest.read(folder)
-    session = open_session(folder, manifest, ServerConfig(provider=provider))
+    session = open_session(folder, manifest, SessionConfig(provider=provider))
     rows = []
     for batch in (1, 8, 32):
         t0, cpu0 = time.perf_counter(), cpu_seconds()
@@ -98,7 +102,9 @@ def in_process(repo: Path, name: str, provider: str, seconds: float) -> list[dic
         rows.append(row("in-process", batch, 1, batch * len(lat), wall, lat, cpu))
     del session
     half = max(1, (os.cpu_count() or 2) // 2)
-    session = open_session(folder, manifest, ServerConfig(provider=provider, intra_op_threads=half))
+    session = open_session(
+        folder, manifest, SessionConfig(provider=provider, intra_op_threads=half)
+    )
     call = in_process_call(session, manifest, folder, 32)
     with ThreadPoolExecutor(2) as pool:
         t0, cpu0 = time.perf_counter(), cpu_seconds()
@@ -113,8 +119,8 @@ def raw_cuda(repo: Path, name: str, seconds: float) -> list[dict]:
     """Raw onnxruntime-CUDA with IO binding on the fp16 session the server would open: batch 1
     and 64 with host in/out, two callers at 64, and batch 64 kept on the device."""
     folder = repo / name / "1"
-    config = ServerConfig(provider="cuda", batching=BatchingConfig(max_batch_size=64))
-    session = open_session(folder, Manifest.read(folder), config)
+    config = SessionConfig(provider="cuda")
+    session = open_session(folder, Manifest.read(folder), config, batch_buckets(64))
     rows = []
     for batch, callers in ((1, 1), (64, 1), (64, 2)):
         feeds = ready_inputs(session, batch)

@@ -52,12 +52,13 @@ def _jpeg(photo: np.ndarray) -> bytes:
 
 
 async def serve_and_query(repo: Path, faces: list[Path]) -> None:
-    from embedder.client.clients import AsyncEmbedderClient
-    from embedder.core.config import ServerConfig
+    from embedder.client import AsyncEmbedderClient
+    from embedder.engine.config import EngineConfig
+    from embedder.serving.config import ServerConfig
     from embedder.serving.server import EmbedderServer
     from export.samples import SAMPLE_SENTENCES, sample_photos
 
-    server = EmbedderServer(ServerConfig(repository=repo, address="127.0.0.1:0"))
+    server = EmbedderServer(ServerConfig(EngineConfig(repository=repo), address="127.0.0.1:0"))
     port = await server.start()
     print(f"\nServer up on 127.0.0.1:{port}")
     try:
@@ -86,15 +87,15 @@ async def serve_and_query(repo: Path, faces: list[Path]) -> None:
 
 
 def embed_dataset(repo: Path, cache: Path, data: Path):
-    from embedder.cache.store import content_key, load_features
-    from embedder.features.run import BatchExportConfig, export_features
+    from embedder.cache import content_key, load_features
+    from embedder.features import FeaturesConfig, export_features
     from embedder.features.sources import image_folder
     from heads.datasets import lfw_faces
 
     folder = data / "lfw_subset"
     shutil.rmtree(folder, ignore_errors=True)
     paths, labels, pixels = lfw_faces(folder)
-    config = BatchExportConfig(repo=repo, model="mobilenet_v2", cache=cache, run_name="lfw_subset")
+    config = FeaturesConfig(repo=repo, model="mobilenet_v2", cache=cache, run_name="lfw_subset")
     print(f"\nBatch export of {folder} (faces vs non-faces) with mobilenet_v2:")
     summary = export_features(image_folder(folder, labels_from_folders=True), config)
     print(f"  {summary}")
@@ -142,19 +143,17 @@ def train_and_publish(repo: Path, dataset: Path, features, pixels, out: Path) ->
 
 
 async def classify_through_server(client, photos: dict[str, np.ndarray], faces: list[Path]) -> None:
-    from embedder.client.clients import image_item
+    from embedder.client import image_item
     from protos.embedder.v1 import embedder_pb2 as pb
 
     names = [*photos, *(p.name for p in faces)]
     items = [pb.Item(id=n, image=_jpeg(p)) for n, p in photos.items()] + [
         image_item(p) for p in faces
     ]
-    response = await client.stub.Classify(
-        pb.ClassifyRequest(model="mobilenet_v2_faces", items=items, heads=["faces"], top_k=1)
-    )
+    (faces_head,) = await client.classify("mobilenet_v2_faces", items, heads=["faces"])
     print("\nClassify via gRPC (mobilenet_v2_faces, head 'faces'; it knows only 25x25 face crops")
     print("vs background crops, so the sample photos are outside what it was trained on):")
-    for name, top in zip(names, response.heads[0].items, strict=True):
+    for name, top in zip(names, faces_head.items, strict=True):
         print(f"  {name:20} {top.labels[0]:8} p={top.scores[0]:.3f}")
 
 

@@ -3,6 +3,7 @@
 The only package of the project that imports torch (lazily, inside the recipes).
 """
 
+from . import recipes  # noqa: F401  (the built-in recipes register themselves, as timm's do)
 from .pipeline import ExportConfig, ExportResult, export_backbone
 from .registry import create_backbone, get_pretrained_cfg, list_backbones, register_backbone
 

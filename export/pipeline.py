@@ -7,7 +7,6 @@ only when every check has passed, so a failed or interrupted export leaves nothi
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -16,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from embedder.core.errors import ManifestError
 from embedder.core.manifest import (
     Manifest,
     TensorSpec,
     TextPreprocess,
     sha256_file,
-    swap_into_place,
+    staged_version,
 )
 
 from .config import PretrainedCfg
@@ -106,13 +106,6 @@ def input_specs(backbone) -> tuple[TensorSpec, ...]:
     )
 
 
-def _publish(staging: Path, target: Path, overwrite: bool) -> None:
-    staging.chmod(0o755)  # mkdtemp creates it private
-    if target.exists() and not overwrite:
-        raise VersionExistsError(f"{target} exists; pass --overwrite to replace it")
-    swap_into_place(staging, target)
-
-
 def export_backbone(
     config: ExportConfig, backbone=None, pretrained_cfg: PretrainedCfg | None = None
 ) -> ExportResult:
@@ -129,14 +122,11 @@ def export_backbone(
     layer = config.layer or backbone.default_layer
     if layer is None or layer not in backbone.layers():
         raise UnknownLayerError(layer, backbone.layers())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{config.version}.partial-", dir=target.parent))
     try:
-        manifest = _export_into(staging, config, pcfg, backbone, layer, name, started)
-        _publish(staging, target, config.overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        with staged_version(target, config.overwrite) as staging:
+            manifest = _export_into(staging, config, pcfg, backbone, layer, name, started)
+    except ManifestError as exc:  # another export took the version meanwhile
+        raise VersionExistsError(str(exc)) from exc
     size = sum(p.stat().st_size for p in target.iterdir())
     return ExportResult(manifest=manifest, folder=target, size_bytes=size)
 

@@ -25,17 +25,11 @@ def register_backbone(cfg: PretrainedCfg) -> Callable:
     return wrap
 
 
-def _ensure_recipes() -> None:
-    from . import recipes  # noqa: F401  (registers the built-in recipes on import)
-
-
 def list_backbones(defaults_only: bool = False) -> list[str]:
-    _ensure_recipes()
     return sorted(n for n, c in _CFGS.items() if c.default or not defaults_only)
 
 
 def get_pretrained_cfg(name: str) -> PretrainedCfg:
-    _ensure_recipes()
     if name not in _CFGS:
         raise UnknownBackboneError(name, sorted(_CFGS))
     return _CFGS[name]

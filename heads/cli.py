@@ -17,7 +17,7 @@ from .train import HeadConfig, train_head
 
 def _load(path: Path):
     """Features of a cache dataset folder or a run file, and the dataset's identity (+ digest)."""
-    from embedder.cache.store import dataset_folder, load_features, read_identity
+    from embedder.cache import dataset_folder, load_features, read_identity
 
     features = load_features(path)
     meta = read_identity(path) | {"digest": dataset_folder(path).name}
@@ -82,7 +82,7 @@ def cmd_curve(args: argparse.Namespace) -> None:
 
     features, meta = _load(args.features)
     if args.texts:
-        from embedder.cache.store import content_key
+        from embedder.cache import content_key
         from embedder.features.sources import text_table
 
         by_key = {content_key(i.text): i.text for i in text_table(args.texts, args.text_column)}

@@ -12,13 +12,12 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import onnx
 
-from embedder.cache.store import CacheIdentity
-from embedder.core.manifest import HeadSpec, Manifest, sha256_file, swap_into_place
+from embedder.cache import CacheIdentity
+from embedder.core.manifest import HeadSpec, Manifest, sha256_file, staged_version
 
 from .errors import FeatureError, HeadError
 from .persist import head_to_onnx, load_head
@@ -76,9 +75,7 @@ def publish(backbone_folder: Path, heads: dict[str, Path], repo: Path, name: str
 
 def _write(model, manifest, backbone_folder, target, name, version, specs, overwrite) -> Path:
     onnx.checker.check_model(model)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=target.parent))
-    try:
+    with staged_version(target) as staging:
         onnx.save(model, str(staging / "model.onnx"))
         extra = getattr(manifest.preprocess, "tokenizer_file", None)
         if extra:
@@ -88,9 +85,4 @@ def _write(model, manifest, backbone_folder, target, name, version, specs, overw
             sha256=sha256_file(staging / "model.onnx"), variants={}, heads=specs,
         )  # fmt: skip
         published.write(staging)
-        staging.chmod(0o755)
-        swap_into_place(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target

@@ -33,13 +33,10 @@ class Embeddings(TransformerMixin, BaseEstimator):
     def fit(self, X, y=None):
         self._session = self._preprocessor = None  # parameters may have changed since the fit
         if self.server:
-            from embedder.client.clients import EmbedderClient
-            from protos.embedder.v1 import embedder_pb2 as pb
+            from embedder.client import EmbedderClient
 
             with EmbedderClient(self.server) as client:
-                info = client.stub.GetModel(
-                    pb.GetModelRequest(model=self.model, version=self.version)
-                )
+                info = client.model_info(self.model, self.version)
             self.modality_, self.dim_ = info.modality, int(info.dim)
         else:
             session = self._local_session()
@@ -62,7 +59,7 @@ class Embeddings(TransformerMixin, BaseEstimator):
         return np.array([f"{self.model}_{i}" for i in range(self.dim_)], dtype=object)
 
     def _via_server(self, items: list) -> np.ndarray:
-        from embedder.client.clients import EmbedderClient
+        from embedder.client import EmbedderClient
 
         with EmbedderClient(self.server) as client:
             if self.modality_ == "text":
@@ -75,14 +72,11 @@ class Embeddings(TransformerMixin, BaseEstimator):
 
     def _local_session(self):
         from embedder.core.inputs import Preprocessor
-        from embedder.features.run import BatchExportConfig, open_model
+        from embedder.core.repository import open_model
 
         if getattr(self, "_session", None) is None:
-            # One caller: its runs get all the cores.
-            config = BatchExportConfig(
-                repo=Path(self.repo), model=self.model, version=self.version, intra_op_threads=0
-            )
-            self._session = open_model(config)
+            # One caller: its runs get all the cores (SessionConfig's default).
+            self._session = open_model(self.repo, self.model, self.version)
             self._preprocessor = Preprocessor(self._session.manifest, self._session.folder)
         return self._session
 
@@ -108,7 +102,7 @@ class Embeddings(TransformerMixin, BaseEstimator):
                         arrays.append(pre.image(i, RawItem("image", data)))
                     else:
                         raise InputError(
-                            f"item {i}: {type(item).__name__}; give a path, bytes or an RGB array"
+                            f"{type(item).__name__}; give a path, bytes or an RGB array", i
                         )
             parts.append(session.features(pre.collate(arrays)))
         return np.concatenate(parts)

@@ -9,7 +9,9 @@ import socket
 import threading
 from collections.abc import Iterator
 
-from embedder.core.config import ServerConfig
+from embedder.core.config import SessionConfig
+from embedder.engine.config import EngineConfig
+from embedder.serving.config import ServerConfig
 from embedder.serving.server import EmbedderServer
 
 
@@ -38,13 +40,23 @@ class ServerThread:
         self.thread.join(10)
 
 
+def server_config(repo, **settings) -> ServerConfig:
+    """A test server's config: loopback on a free port, the CPU provider, four preprocessing
+    threads; `settings` by field name, whichever of the three configs holds it."""
+    parts: dict[type, dict] = {SessionConfig: {"provider": "cpu"}, ServerConfig: {},
+                               EngineConfig: {"repository": repo, "preprocess_threads": 4}}  # fmt: skip
+    for name, value in settings.items():
+        owner = next((c for c in parts if name in {f.name for f in dataclasses.fields(c)}), None)
+        if owner is None:
+            raise TypeError(f"no config has a setting {name!r}")
+        parts[owner][name] = value
+    engine = EngineConfig(session=SessionConfig(**parts[SessionConfig]), **parts[EngineConfig])
+    return ServerConfig(engine=engine, **{"address": "127.0.0.1:0", **parts[ServerConfig]})
+
+
 @contextlib.contextmanager
-def running_server(repo, **overrides) -> Iterator[ServerThread]:
-    config = dataclasses.replace(
-        ServerConfig(repository=repo, address="127.0.0.1:0", preprocess_threads=4, provider="cpu"),
-        **overrides,
-    )
-    st = ServerThread(config)
+def running_server(repo, **settings) -> Iterator[ServerThread]:
+    st = ServerThread(server_config(repo, **settings))
     st.start()
     st.target = f"127.0.0.1:{st.server.port}"
     try:

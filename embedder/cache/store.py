@@ -60,6 +60,13 @@ class CacheIdentity:
         return cls(manifest.name, manifest.version, manifest.dim, model_sha256,
                    hashlib.sha256(pre).hexdigest())  # fmt: skip
 
+    @classmethod
+    def of_session(cls, session) -> CacheIdentity:
+        """The identity of what `session` (a core.runtime.ModelSession) computes: the file it
+        runs at its precision."""
+        m = session.manifest
+        return cls.of(m, m.file_sha256(session.precision))
+
     @property
     def digest(self) -> str:
         both = f"{self.model_sha256}:{self.preprocess_sha256}".encode()
@@ -106,10 +113,16 @@ def _write_atomically(table: pa.Table, final: Path) -> Path:
     return final
 
 
+def embedding_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    """(N, D) float32 as Arrow's fixed_size_list<float32>[D]: plain Parquet any reader knows
+    (not Ray's or numpy's tensor extension types)."""
+    flat = pa.array(np.ascontiguousarray(vectors, np.float32).reshape(-1), pa.float32())
+    return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+
+
 def embeddings_table(keys, vectors: np.ndarray, labels, sources, identity=None) -> pa.Table:
     dim = vectors.shape[1]
-    flat = pa.array(np.ascontiguousarray(vectors, np.float32).reshape(-1), pa.float32())
-    column = pa.FixedSizeListArray.from_arrays(flat, dim)
+    column = embedding_column(vectors)
     return pa.Table.from_arrays(
         [pa.array(keys, pa.string()), column, pa.array(labels, pa.string()),
          pa.array(sources, pa.string())],

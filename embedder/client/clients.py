@@ -1,4 +1,4 @@
-"""Python clients (sync and asyncio) that send items and return numpy arrays.
+"""Python clients, sync and asyncio: items in, numpy arrays out, one request planner.
 
 with EmbedderClient("127.0.0.1:50051") as client:
     vectors = client.embed_texts("minilm_l6", ["a sentence", "another"])
@@ -6,61 +6,15 @@ with EmbedderClient("127.0.0.1:50051") as client:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 
 import grpc
 import numpy as np
 
+from embedder.client.messages import EmbedResult, ImageInput, decode, image_item
+from embedder.client.planner import classify_requests, embed_requests
 from protos.embedder.v1 import embedder_pb2 as pb
 from protos.embedder.v1 import embedder_pb2_grpc as pb_grpc
-
-ImageInput = bytes | str | Path | np.ndarray
-
-
-@dataclass(frozen=True)
-class EmbedResult:
-    embeddings: np.ndarray  # (N, D) float32
-    ids: list[str]
-    cache_hits: list[bool]
-    timing: pb.Timing
-
-
-def image_item(image: ImageInput, item_id: str = "") -> pb.Item:
-    """Encoded bytes, a file path, or an already preprocessed uint8 (H, W, 3) array."""
-    if isinstance(image, np.ndarray):
-        arr = np.ascontiguousarray(image)
-        tensor = pb.Tensor(data=arr.astype(arr.dtype.newbyteorder("<")).tobytes(),
-                           shape=list(arr.shape), dtype=arr.dtype.name)  # fmt: skip
-        return pb.Item(id=item_id, tensor=tensor)
-    if isinstance(image, str | Path):
-        return pb.Item(id=item_id or str(image), image=Path(image).read_bytes())
-    return pb.Item(id=item_id, image=bytes(image))
-
-
-def embed_request(model: str, items: Sequence[pb.Item], version: str = "", normalize=False,
-                  truncate_dim: int = 0, request_id: str = "") -> pb.EmbedRequest:  # fmt: skip
-    options = pb.EmbedOptions(normalize=normalize, truncate_dim=truncate_dim)
-    return pb.EmbedRequest(model=model, version=version, items=items, options=options,
-                           request_id=request_id)  # fmt: skip
-
-
-class StreamItemError(Exception):
-    """An EmbedStream response that carries an error instead of embeddings."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(f"{code.name}: {message}")
-        self.code, self.message = code, message
-
-
-def decode(response: pb.EmbedResponse) -> EmbedResult:
-    if response.HasField("error"):
-        codes = {c.value[0]: c for c in grpc.StatusCode}
-        raise StreamItemError(codes.get(response.error.code, grpc.StatusCode.UNKNOWN),
-                              response.error.message)  # fmt: skip
-    embeddings = np.frombuffer(response.embeddings, dtype="<f4").reshape(tuple(response.shape))
-    return EmbedResult(embeddings, list(response.ids), list(response.cache_hits), response.timing)
 
 
 def _channel_args(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -77,55 +31,42 @@ def _credentials(token: str | None, root_cert: bytes | None):
     return creds
 
 
-REQUEST_OVERHEAD = 64 << 10  # bytes a request's model name, options and framing may take
+def _texts(texts: Sequence[str]) -> list[pb.Item]:
+    return [pb.Item(text=t) for t in texts]
 
 
-def request_chunks(items: Sequence[pb.Item], max_items: int, max_bytes: int, answer_dim: int = 0
-                   ) -> Iterable[list[int]]:  # fmt: skip
-    """Indices of `items` in consecutive requests of at most `max_items` items whose request,
-    and answer of `answer_dim` floats per item, fit a `max_bytes` message; an item too big to
-    fit any request goes alone (the server refuses it)."""
-    budget = max_bytes - min(REQUEST_OVERHEAD, max_bytes // 8)
-    chunk: list[int] = []
-    size = answer = 0
-    for i, item in enumerate(items):
-        item_bytes = item.ByteSize() + 8  # the field's tag and length
-        answer_bytes = answer_dim * 4 + len(item.id) + 8
-        if chunk and (
-            len(chunk) == max_items or size + item_bytes > budget or answer + answer_bytes > budget
-        ):
-            yield chunk
-            chunk, size, answer = [], 0, 0
-        chunk.append(i)
-        size += item_bytes
-        answer += answer_bytes
-    if chunk:
-        yield chunk
+def _images(images: Sequence[ImageInput]) -> list[pb.Item]:
+    return [image_item(im) for im in images]
 
 
-def server_chunks(info: pb.ModelInfo, items: Sequence[pb.Item], batch_size: int,
-                  max_bytes: int, truncate_dim: int = 0) -> Iterable[list[int]]:  # fmt: skip
-    """`request_chunks` within this client's limits and those the server reports for the model
-    (items per request, queue size, message size), the answers included."""
-    b = info.batching
-    max_bytes = min(max_bytes, b.max_message_bytes or max_bytes)
-    max_items = min(batch_size, b.max_items_per_request or batch_size,
-                    b.max_queue_size or batch_size)  # fmt: skip
-    return request_chunks(items, max_items, max_bytes, truncate_dim or info.dim)
+def _stack(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
 
 
-class EmbedderClient:
-    def __init__(self, target: str, token: str | None = None, root_cert: bytes | None = None,
-                 timeout: float | None = 60.0, max_message_bytes: int = 64 << 20):  # fmt: skip
+class _Client:
+    """What both clients share: the channel's settings, auth, and the server's limits."""
+
+    def __init__(self, target: str, token: str | None, root_cert: bytes | None,
+                 timeout: float | None, max_message_bytes: int, aio: bool):  # fmt: skip
         creds = _credentials(token, root_cert)
         args = _channel_args(max_message_bytes)
-        self.channel = (grpc.secure_channel(target, creds, args) if creds
-                        else grpc.insecure_channel(target, args))  # fmt: skip
+        module = grpc.aio if aio else grpc
+        self.channel = (module.secure_channel(target, creds, args) if creds
+                        else module.insecure_channel(target, args))  # fmt: skip
         self.stub = pb_grpc.EmbedderStub(self.channel)
         # Without TLS the token travels as plain metadata (loopback / trusted networks only).
         self.metadata = [("authorization", f"Bearer {token}")] if token and not creds else None
         self.timeout, self.max_message_bytes = timeout, max_message_bytes
-        self._models: dict[tuple[str, str], pb.ModelInfo] = {}  # for the server's limits
+        self._models: dict[tuple[str, str], pb.ModelInfo] = {}  # GetModel, once per model
+
+    def _call(self, method: str, request):
+        return getattr(self.stub, method)(request, timeout=self.timeout, metadata=self.metadata)
+
+
+class EmbedderClient(_Client):
+    def __init__(self, target: str, token: str | None = None, root_cert: bytes | None = None,
+                 timeout: float | None = 60.0, max_message_bytes: int = 64 << 20):  # fmt: skip
+        super().__init__(target, token, root_cert, timeout, max_message_bytes, aio=False)
 
     def __enter__(self) -> EmbedderClient:
         return self
@@ -137,59 +78,50 @@ class EmbedderClient:
         self.channel.close()
 
     def list_models(self) -> list[pb.ModelInfo]:
-        return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout,
-                                          metadata=self.metadata).models)  # fmt: skip
-
-    def embed(self, request: pb.EmbedRequest) -> EmbedResult:
-        return decode(self.stub.Embed(request, timeout=self.timeout, metadata=self.metadata))
+        return list(self._call("ListModels", pb.ListModelsRequest()).models)
 
     def model_info(self, model: str, version: str = "") -> pb.ModelInfo:
-        """GetModel, asked once per model and client."""
         if (model, version) not in self._models:
             request = pb.GetModelRequest(model=model, version=version)
-            self._models[model, version] = self.stub.GetModel(
-                request, timeout=self.timeout, metadata=self.metadata
-            )
+            self._models[model, version] = self._call("GetModel", request)
         return self._models[model, version]
 
-    def _embed_items(
-        self, model: str, items: list[pb.Item], batch_size: int, **options
-    ) -> np.ndarray:
+    def embed(self, request: pb.EmbedRequest) -> EmbedResult:
+        return decode(self._call("Embed", request))
+
+    def embed_items(self, model: str, items: list[pb.Item], batch_size: int = 32,
+                    **options) -> np.ndarray:  # fmt: skip
+        """(N, D) vectors of `items`, in as many requests as the server's limits need."""
         if not items:
-            return np.zeros((0, 0), np.float32)
+            return _stack([])
         info = self.model_info(model, options.get("version", ""))
-        chunks = server_chunks(info, items, batch_size, self.max_message_bytes,
-                               options.get("truncate_dim", 0))  # fmt: skip
-        parts = [
-            self.embed(embed_request(model, [items[i] for i in chunk], **options)).embeddings
-            for chunk in chunks
-        ]
-        return np.concatenate(parts)
+        requests = embed_requests(info, items, batch_size, self.max_message_bytes, options)
+        return _stack([self.embed(r).embeddings for r in requests])
 
-    def embed_texts(
-        self, model: str, texts: Sequence[str], batch_size: int = 64, **options
-    ) -> np.ndarray:
-        return self._embed_items(model, [pb.Item(text=t) for t in texts], batch_size, **options)
+    def embed_texts(self, model: str, texts: Sequence[str], batch_size: int = 64,
+                    **options) -> np.ndarray:  # fmt: skip
+        return self.embed_items(model, _texts(texts), batch_size, **options)
 
-    def embed_images(
-        self, model: str, images: Sequence[ImageInput], batch_size: int = 32, **options
-    ) -> np.ndarray:
-        return self._embed_items(model, [image_item(im) for im in images], batch_size, **options)
+    def embed_images(self, model: str, images: Sequence[ImageInput], batch_size: int = 32,
+                     **options) -> np.ndarray:  # fmt: skip
+        return self.embed_items(model, _images(images), batch_size, **options)
+
+    def classify(self, model: str, items: list[pb.Item], heads: Sequence[str] = (),
+                 top_k: int = 1, batch_size: int = 32, version: str = ""
+                 ) -> list[pb.HeadResult]:  # fmt: skip
+        """Each head's top-k for every item (the heads of all requests joined, in order)."""
+        info = self.model_info(model, version)
+        answers = [self._call("Classify", r) for r in classify_requests(
+            info, items, batch_size, self.max_message_bytes, heads, top_k, version)]  # fmt: skip
+        return join_heads(answers)
 
 
-class AsyncEmbedderClient:
-    """The asyncio twin of EmbedderClient (grpc.aio)."""
+class AsyncEmbedderClient(_Client):
+    """The asyncio face of EmbedderClient (grpc.aio), on the same planner."""
 
     def __init__(self, target: str, token: str | None = None, root_cert: bytes | None = None,
                  timeout: float | None = 60.0, max_message_bytes: int = 64 << 20):  # fmt: skip
-        creds = _credentials(token, root_cert)
-        args = _channel_args(max_message_bytes)
-        self.channel = (grpc.aio.secure_channel(target, creds, args) if creds
-                        else grpc.aio.insecure_channel(target, args))  # fmt: skip
-        self.stub = pb_grpc.EmbedderStub(self.channel)
-        self.metadata = [("authorization", f"Bearer {token}")] if token and not creds else None
-        self.timeout, self.max_message_bytes = timeout, max_message_bytes
-        self._models: dict[tuple[str, str], pb.ModelInfo] = {}
+        super().__init__(target, token, root_cert, timeout, max_message_bytes, aio=True)
 
     async def __aenter__(self) -> AsyncEmbedderClient:
         return self
@@ -201,43 +133,48 @@ class AsyncEmbedderClient:
         await self.channel.close()
 
     async def list_models(self) -> list[pb.ModelInfo]:
-        response = await self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout,
-                                              metadata=self.metadata)  # fmt: skip
-        return list(response.models)
-
-    async def embed(self, request: pb.EmbedRequest) -> EmbedResult:
-        return decode(await self.stub.Embed(request, timeout=self.timeout, metadata=self.metadata))
+        return list((await self._call("ListModels", pb.ListModelsRequest())).models)
 
     async def model_info(self, model: str, version: str = "") -> pb.ModelInfo:
-        """GetModel, asked once per model and client."""
         if (model, version) not in self._models:
             request = pb.GetModelRequest(model=model, version=version)
-            self._models[model, version] = await self.stub.GetModel(
-                request, timeout=self.timeout, metadata=self.metadata
-            )
+            self._models[model, version] = await self._call("GetModel", request)
         return self._models[model, version]
 
-    async def _embed_items(
-        self, model: str, items: list[pb.Item], batch_size: int, **options
-    ) -> np.ndarray:
+    async def embed(self, request: pb.EmbedRequest) -> EmbedResult:
+        return decode(await self._call("Embed", request))
+
+    async def embed_items(self, model: str, items: list[pb.Item], batch_size: int = 32,
+                          **options) -> np.ndarray:  # fmt: skip
         if not items:
-            return np.zeros((0, 0), np.float32)
+            return _stack([])
         info = await self.model_info(model, options.get("version", ""))
-        parts = []
-        for chunk in server_chunks(info, items, batch_size, self.max_message_bytes,
-                                   options.get("truncate_dim", 0)):  # fmt: skip
-            result = await self.embed(embed_request(model, [items[i] for i in chunk], **options))
-            parts.append(result.embeddings)
-        return np.concatenate(parts)
+        requests = embed_requests(info, items, batch_size, self.max_message_bytes, options)
+        return _stack([(await self.embed(r)).embeddings for r in requests])
 
-    async def embed_texts(
-        self, model: str, texts: Sequence[str], batch_size: int = 64, **options
-    ) -> np.ndarray:
-        return await self._embed_items(model, [pb.Item(text=t) for t in texts], batch_size,
-                                       **options)  # fmt: skip
+    async def embed_texts(self, model: str, texts: Sequence[str], batch_size: int = 64,
+                          **options) -> np.ndarray:  # fmt: skip
+        return await self.embed_items(model, _texts(texts), batch_size, **options)
 
-    async def embed_images(
-        self, model: str, images: Sequence[ImageInput], batch_size: int = 32, **options
-    ) -> np.ndarray:
-        return await self._embed_items(model, [image_item(im) for im in images], batch_size,
-                                       **options)  # fmt: skip
+    async def embed_images(self, model: str, images: Sequence[ImageInput], batch_size: int = 32,
+                           **options) -> np.ndarray:  # fmt: skip
+        return await self.embed_items(model, _images(images), batch_size, **options)
+
+    async def classify(self, model: str, items: list[pb.Item], heads: Sequence[str] = (),
+                       top_k: int = 1, batch_size: int = 32, version: str = ""
+                       ) -> list[pb.HeadResult]:  # fmt: skip
+        info = await self.model_info(model, version)
+        answers = [await self._call("Classify", r) for r in classify_requests(
+            info, items, batch_size, self.max_message_bytes, heads, top_k, version)]  # fmt: skip
+        return join_heads(answers)
+
+
+def join_heads(answers: list[pb.ClassifyResponse]) -> list[pb.HeadResult]:
+    """The per-head results of consecutive ClassifyResponses as one result per head."""
+    if not answers:
+        return []
+    joined = [pb.HeadResult(head=h.head, score_kind=h.score_kind) for h in answers[0].heads]
+    for answer in answers:
+        for out, part in zip(joined, answer.heads, strict=True):
+            out.items.extend(part.items)
+    return joined

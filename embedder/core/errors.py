@@ -1,4 +1,6 @@
-"""Errors raised by the serving side; each message says what to do about it."""
+"""Errors raised on purpose; each message says what to do about it."""
+
+from __future__ import annotations
 
 ECHO_CHARS = 200  # of a caller's input quoted back in a message (a status fits gRPC's metadata)
 
@@ -28,7 +30,19 @@ class ManifestError(EmbedderError):
 
 
 class InputError(EmbedderError, ValueError):
-    """An input item cannot be preprocessed (undecodable image, empty text, too large)."""
+    """A request or one of its items cannot be used (undecodable image, empty text, too large).
+
+    `index` and `field` say which item and which of its inputs ("image", "text", "tensor"), so
+    a transport can point at it (gRPC: a BadRequest field violation `items[3].image`) and a
+    caller can retry the rest without parsing the message."""
+
+    def __init__(self, reason: str, index: int | None = None, field: str = ""):
+        self.reason, self.index, self.field = reason, index, field
+        super().__init__(reason if index is None else f"item {index}: {reason}")
+
+    def at(self, index: int, field: str = "") -> InputError:
+        """This error, for item `index` of the caller's request."""
+        return InputError(self.reason, index, field or self.field)
 
 
 class ModelNotFoundError(EmbedderError, LookupError):

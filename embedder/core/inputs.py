@@ -43,9 +43,10 @@ class Preprocessor:
     def check_modality(self, index: int, item: RawItem) -> None:
         modality, name = self.manifest.modality, self.manifest.name
         if modality == "image" and item.kind == "text":
-            raise InputError(f"item {index}: text sent to image model {name!r}; send image bytes")
+            raise InputError(f"text sent to image model {name!r}; send image bytes", index, "text")
         if modality == "text" and item.kind != "text":
-            raise InputError(f"item {index}: {item.kind} sent to text model {name!r}; send text")
+            raise InputError(f"{item.kind} sent to text model {name!r}; send text", index,
+                             item.kind)  # fmt: skip
 
     def image(self, index: int, item: RawItem) -> np.ndarray:
         try:
@@ -53,7 +54,7 @@ class Preprocessor:
                 return self._tensor(item.value)
             return preprocess_image_bytes(item.value, self.manifest.preprocess, self.max_pixels)
         except InputError as exc:
-            raise InputError(f"item {index}: {exc}") from exc
+            raise exc.at(index, item.kind) from exc
 
     def _tensor(self, array: np.ndarray) -> np.ndarray:
         cfg: ImagePreprocess = self.manifest.preprocess
@@ -82,4 +83,4 @@ def tensor_from_bytes(data: bytes, shape: list[int], dtype: str, index: int) -> 
             raise ValueError(f"{len(data)} bytes cannot hold {echo(dtype)} {echo(list(shape))}")
         return np.frombuffer(data, dtype=dt).reshape(shape).astype(dt.newbyteorder("="), copy=False)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"item {index}: bad tensor: {shorten(str(exc))}") from exc
+        raise InputError(f"bad tensor: {shorten(str(exc))}", index, "tensor") from exc

@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -200,11 +205,26 @@ def _tensor(raw: dict[str, Any]) -> TensorSpec:
     return TensorSpec(name=raw["name"], dtype=raw["dtype"], shape=tuple(raw["shape"]))
 
 
-def swap_into_place(staging: Path, target: Path) -> None:
-    """Rename a finished folder onto `target`; an old `target` is kept until the swap is done."""
-    import shutil
-    import time
+@contextmanager
+def staged_version(target: Path, overwrite: bool = True) -> Iterator[Path]:
+    """A private folder beside `target` to write a model version into. When the block ends
+    without an error it takes `target`'s place (an old version is replaced only once the new
+    one is complete, and put back if the rename fails); otherwise it is removed, so a reader
+    never sees a half-written version."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        yield staging
+        staging.chmod(0o755)  # mkdtemp makes it private
+        if target.exists() and not overwrite:
+            raise ManifestError(f"{target} exists; pass --overwrite to replace it")
+        _swap_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
+
+def _swap_into_place(staging: Path, target: Path) -> None:
     if not target.exists():
         staging.rename(target)
         return

@@ -117,7 +117,7 @@ class TextTokenizer:
         """Token ids per text, truncated, unpadded (batches are padded when they are formed)."""
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
-                raise InputError(f"item {i}: empty text")
+                raise InputError("empty text", i, "text")
         # One text (the common single-item request, tokenised on the event loop): encode()
         # stays on this thread; encode_batch hands work to the tokenizer's thread pool.
         encodings = (
@@ -126,9 +126,8 @@ class TextTokenizer:
         ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
         for i, row in enumerate(ids):
             if len(row) > self.cfg.max_length:
-                raise InputError(
-                    f"item {i}: {len(row)} tokens, over max_length {self.cfg.max_length}"
-                )
+                raise InputError(f"{len(row)} tokens, over max_length {self.cfg.max_length}",
+                                 i, "text")  # fmt: skip
         return ids
 
     def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:

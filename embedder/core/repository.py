@@ -1,11 +1,16 @@
-"""Load every model and version in a repository folder; refuse the broken ones, serve the rest."""
+"""The model repository on disk: `<root>/<name>/<version>/manifest.json` and the files it names.
+
+`ModelRepository.load` opens every model and version and refuses the broken ones (the server);
+`open_model` opens one (batch export, the sklearn transformer). Both pick versions the same way:
+the highest number, or the one asked for.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from embedder.core.config import ServerConfig
+from embedder.core.config import SessionConfig
 from embedder.core.errors import EmbedderError, ModelNotFoundError, echo
 from embedder.core.manifest import MANIFEST_NAME, Manifest
 from embedder.core.runtime import ModelSession, open_session
@@ -17,6 +22,37 @@ def version_key(version: str) -> tuple[int, int | str]:
     return (0, int(version)) if version.isdigit() else (1, version)
 
 
+def pick_version(name: str, versions: list[str], wanted: str = "") -> str:
+    """`wanted`, or the highest version when it is empty; a clear error when there is none."""
+    if not versions:
+        raise ModelNotFoundError(f"no model {echo(name)}; export it first")
+    if not wanted:
+        return max(versions, key=version_key)
+    if wanted not in versions:
+        raise ModelNotFoundError(
+            f"model {echo(name)} has no version {echo(wanted)}; have {', '.join(sorted(versions))}"
+        )
+    return wanted
+
+
+def model_folder(root: str | Path, name: str, version: str = "") -> Path:
+    """The folder of `name` at `version` (default: the highest) in the repository at `root`."""
+    base = Path(root) / name
+    found = base.iterdir() if base.is_dir() else []
+    versions = [p.name for p in found if p.is_dir() and not p.name.startswith(".")]
+    if not versions:
+        raise ModelNotFoundError(f"no model {echo(name)} in {root}; export it first")
+    return base / pick_version(name, versions, version)
+
+
+def open_model(root: str | Path, name: str, version: str = "",
+               config: SessionConfig | None = None,
+               buckets: tuple[int, ...] | None = None) -> ModelSession:  # fmt: skip
+    """One model's session, its files checked against the manifest."""
+    folder = model_folder(root, name, version)
+    return open_session(folder, Manifest.read(folder), config, buckets)
+
+
 class ModelRepository:
     """name -> version -> ModelSession, for the servable models only."""
 
@@ -24,8 +60,9 @@ class ModelRepository:
         self.models, self.refused = models, refused
 
     @classmethod
-    def load(cls, config: ServerConfig) -> ModelRepository:
-        root = Path(config.repository)
+    def load(cls, root: str | Path, config: SessionConfig,
+             buckets: tuple[int, ...] | None = None) -> ModelRepository:  # fmt: skip
+        root = Path(root)
         if not root.is_dir():
             raise EmbedderError(f"model repository {root} is not a folder; export models first")
         models: dict[str, dict[str, ModelSession]] = {}
@@ -37,7 +74,7 @@ class ModelRepository:
             key = f"{folder.parent.name}/{folder.name}"
             try:
                 manifest = Manifest.read(folder)
-                session = open_session(folder, manifest, config)
+                session = open_session(folder, manifest, config, buckets)
             except Exception as exc:  # one broken model must not stop the others
                 log.error("refusing model %s: %s", key, exc)
                 refused[key] = str(exc)
@@ -61,14 +98,7 @@ class ModelRepository:
             raise ModelNotFoundError(
                 f"unknown model {echo(name)}; loaded: {', '.join(sorted(self.models)) or 'none'}"
             )
-        if not version:
-            return versions[max(versions, key=version_key)]
-        if version not in versions:
-            raise ModelNotFoundError(
-                f"model {echo(name)} has no version {echo(version)}; "
-                f"loaded: {', '.join(sorted(versions))}"
-            )
-        return versions[version]
+        return versions[pick_version(name, list(versions), version)]
 
     def all(self) -> list[ModelSession]:
         return [s for name in sorted(self.models) for _, s in sorted(self.models[name].items())]

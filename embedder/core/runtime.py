@@ -7,14 +7,13 @@ back to CPU silently when CUDA cannot start, and a server must not claim a GPU i
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from embedder.core.batch_parts import CPU_BATCH_TOKENS, by_token_budget
-from embedder.core.config import Provider, ServerConfig
+from embedder.core.config import Provider, SessionConfig
 from embedder.core.errors import EmbedderError
 from embedder.core.manifest import Manifest
 
@@ -124,20 +123,6 @@ class ModelSession:
         return [out[:n] for out in binding.copy_outputs_to_cpu()]
 
 
-def thread_defaults(config: ServerConfig) -> ServerConfig:
-    """The server's automatic (0) thread settings made concrete: on a CPU, one single-threaded
-    inference stream per core; on a GPU, one stream; the cores shared among the streams. A GPU
-    provider this onnxruntime lacks fails here, once, before any model is loaded."""
-    import onnxruntime as ort
-
-    on_gpu = provider_chain(config.provider, ort.get_available_providers())[0] != CPU
-    cores = len(os.sched_getaffinity(0))
-    streams = config.batching.inference_streams or (1 if on_gpu else cores)
-    threads = config.intra_op_threads or max(1, cores // streams)
-    batching = replace(config.batching, inference_streams=streams)
-    return replace(config, intra_op_threads=threads, batching=batching)
-
-
 def provider_options(chain: list[str], folder: Path) -> list[tuple[str, dict[str, str]]]:
     """Each provider with the options a server wants from it.
 
@@ -173,14 +158,18 @@ def _check_placement(name: str, requested: Provider, in_use: list[str]) -> None:
         )
 
 
-def open_session(folder: Path, manifest: Manifest, config: ServerConfig,
+DEFAULT_MAX_BATCH = 32
+
+
+def open_session(folder: Path, manifest: Manifest, config: SessionConfig | None = None,
                  buckets: tuple[int, ...] | None = None) -> ModelSession:  # fmt: skip
     """The model's session on the best provider there is, on the file for that provider; the
-    file is checked against the manifest's sha256 before it is loaded. `buckets`: the batch
-    sizes a GPU image model is padded to (default: batch_buckets of the server's largest
-    batch)."""
+    files it is served with are checked against the manifest's sha256 before it is loaded.
+    `buckets`: the batch sizes a GPU image model is padded to (default: batch_buckets of the
+    largest batch a caller runs, DEFAULT_MAX_BATCH)."""
     import onnxruntime as ort
 
+    config = config or SessionConfig()
     chain = provider_chain(config.provider, ort.get_available_providers())
     if chain[0] != CPU and hasattr(ort, "preload_dlls"):
         ort.preload_dlls()  # CUDA / cuDNN from their pip packages
@@ -214,7 +203,7 @@ def open_session(folder: Path, manifest: Manifest, config: ServerConfig,
     log.info("%s/%s: %s on %s", manifest.name, manifest.version, filename, in_use)
     model = ModelSession(manifest, folder, session, in_use, precision)
     if model.on_gpu and manifest.modality == "image":
-        model.batch_buckets = buckets or batch_buckets(config.batching.max_batch_size)
+        model.batch_buckets = buckets or batch_buckets(DEFAULT_MAX_BATCH)
     if manifest.modality == "text":  # automatic (0): a budget on a CPU, none on a GPU
         model.max_batch_tokens = config.max_batch_tokens or (
             0 if model.on_gpu else CPU_BATCH_TOKENS

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from embedder.core.config import BatchingConfig
 from embedder.core.errors import DeadlineExceededError, InputError, NotReadyError, QueueFullError
+from embedder.engine.config import BatchingConfig
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The embedding cache seen from the server: a hit skips preprocessing and compute.
+"""The embedding cache seen from the engine: a hit skips preprocessing and compute.
 
 Same folders and keys as batch export, so a dataset exported offline is served from the cache
 and what the server computes is there for the next export.
@@ -13,34 +13,33 @@ from pathlib import Path
 
 import numpy as np
 
-from embedder.cache.store import EmbeddingCache, content_key
+from embedder.cache import CacheIdentity, CacheWriter, EmbeddingCache, content_key
+from embedder.core.inputs import RawItem
 from embedder.core.runtime import ModelSession
-from embedder.features.run import CacheWriter, identity_for
-from protos.embedder.v1 import embedder_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 
-def item_key(item: pb.Item) -> str:
-    kind = item.WhichOneof("input")
-    if kind == "image":
-        return content_key(item.image)
-    if kind == "text":
-        return content_key(item.text)
-    if kind == "tensor":
-        t = item.tensor
-        return content_key(f"tensor:{t.dtype}:{list(t.shape)}:".encode() + t.data)
-    return ""
+def item_key(item: RawItem) -> str:
+    """The cache key of an item: sha256 of its bytes (a text: its UTF-8; pixels: dtype, shape
+    and little-endian bytes, as they travel)."""
+    if item.kind == "tensor":
+        a = item.value
+        data = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+        return content_key(f"tensor:{a.dtype.name}:{list(a.shape)}:".encode() + data)
+    return content_key(item.value)
 
 
-class ServingCache:
+class ModelCache:
+    """One model's rows of the cache, in memory for lookups, written back in shards."""
+
     def __init__(self, root: Path, session: ModelSession, shard_rows: int):
-        self.cache = EmbeddingCache(root, identity_for(session))
+        self.cache = EmbeddingCache(root, CacheIdentity.of_session(session))
         self.vectors: dict[str, np.ndarray] = self.cache.lookup()
         self.writer = CacheWriter(self.cache, shard_rows)
         self._lock = threading.Lock()
 
-    def find(self, items) -> tuple[list[str], dict[int, np.ndarray]]:
+    def find(self, items: list[RawItem]) -> tuple[list[str], dict[int, np.ndarray]]:
         keys = [item_key(item) for item in items]
         hits = {i: self.vectors[k] for i, k in enumerate(keys) if k and k in self.vectors}
         return keys, hits

@@ -1,0 +1,16 @@
+"""Batch feature export: a dataset embedded into the cache (`embedder-features export`)."""
+
+from embedder.features.config import FeaturesConfig, Summary
+from embedder.features.run import ENGINES, export_features
+from embedder.features.sources import SourceItem, image_folder, path_list, text_table
+
+__all__ = [
+    "ENGINES",
+    "FeaturesConfig",
+    "SourceItem",
+    "Summary",
+    "export_features",
+    "image_folder",
+    "path_list",
+    "text_table",
+]

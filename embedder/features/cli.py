@@ -6,14 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from embedder.cache.store import load_features
+from embedder.cache import load_features
 from embedder.core.errors import EmbedderError
-from embedder.features.run import BatchExportConfig, export_features
+from embedder.features import FeaturesConfig, export_features
 from embedder.features.sources import image_folder, path_list, text_table
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = BatchExportConfig()
+    d = FeaturesConfig()
     p = argparse.ArgumentParser(prog="embedder-features", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export", help="embed a dataset into the cache")
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             labels = "none" if f.y is None else f"{len(set(f.y))} classes"
             print(f"{f.X.shape[0]} rows x {f.X.shape[1]} dims, labels: {labels}")
             return 0
-        config = BatchExportConfig(
+        config = FeaturesConfig(
             repo=args.repo, model=args.model, version=args.version, cache=args.cache,
             engine=args.engine, server=args.server, batch_size=args.batch_size,
             workers=args.workers, shard_rows=args.shard_rows,

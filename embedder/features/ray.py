@@ -9,30 +9,21 @@ node can read the input paths and the model repository.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from embedder.cache.store import CacheIdentity, EmbeddingCache
+from embedder.cache import CacheIdentity, EmbeddingCache, embedding_column
 from embedder.core.errors import EmbedderError
 from embedder.core.inputs import Preprocessor
 from embedder.core.manifest import Manifest
-from embedder.features.run import (
-    BatchExportConfig,
-    CacheWriter,
-    Prepared,
-    Summary,
-    _model_folder,
-    _progress,
-    batch_size_for,
-    identity_for,
-    make_preparer,
-    open_model,
-    planned_identity,
-)
+from embedder.core.repository import model_folder
+from embedder.features.config import FeaturesConfig, Summary, batch_size_for
+from embedder.features.ledger import RunLedger
+from embedder.features.local import open_model, planned_identity
+from embedder.features.prepare import Prepared, make_preparer
 from embedder.features.sources import SourceItem
 
 OUTPUT_COLUMNS = ("key", "embedding", "label", "source", "status", "reason")
@@ -41,10 +32,11 @@ OUTPUT_COLUMNS = ("key", "embedding", "label", "source", "status", "reason")
 class RayEmbedder:
     """Ray Data callable class: a session per actor, one Arrow table in, one out."""
 
-    def __init__(self, config: BatchExportConfig, known: set[str], identity: CacheIdentity):
+    def __init__(self, config: FeaturesConfig, known: set[str], identity: CacheIdentity):
         threads = config.intra_op_threads or 1  # an actor holds one CPU
-        self.session = open_model(replace(config, intra_op_threads=threads))
-        if identity_for(self.session) != identity:  # e.g. a GPU node would write fp16 rows
+        manifest = Manifest.read(model_folder(config.repo, config.model, config.version))
+        self.session = open_model(replace(config, intra_op_threads=threads), manifest)
+        if CacheIdentity.of_session(self.session) != identity:  # a GPU node: fp16 rows
             raise EmbedderError(
                 f"actor session runs {self.session.precision} on {self.session.providers}, "
                 "not the model file the driver opened the cache for; use one provider"
@@ -74,10 +66,9 @@ class RayEmbedder:
             else:
                 out[i] = next(rows)
                 status.append("ok"), reasons.append(None)
-        flat = pa.array(out.reshape(-1), pa.float32())
         return pa.table({
             "key": [p.key for p in prepared],
-            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),  # plain Parquet type
+            "embedding": embedding_column(out),  # plain Parquet type, not Ray's tensor
             "label": pa.array([p.item.label for p in prepared], pa.string()),
             "source": [p.item.source for p in prepared],
             "status": status,
@@ -90,7 +81,7 @@ class RayEmbedder:
         return self.session.features(self.pre.collate([p.array for p in todo]))
 
 
-def _init_ray(config: BatchExportConfig):
+def _init_ray(config: FeaturesConfig):
     try:
         import ray
     except ImportError as exc:
@@ -103,16 +94,14 @@ def _init_ray(config: BatchExportConfig):
     return ray
 
 
-def export_with_ray(items: list[SourceItem], config: BatchExportConfig) -> Summary:
-    started = time.perf_counter()
+def export_with_ray(items: list[SourceItem], config: FeaturesConfig) -> Summary:
     ray = _init_ray(config)
     # Known without loading the model; each actor checks its session against it.
-    manifest = Manifest.read(_model_folder(config))
-    identity = planned_identity(manifest, config.provider)
+    manifest = Manifest.read(model_folder(config.repo, config.model, config.version))
+    identity = planned_identity(manifest, config)
     batch_size = batch_size_for(config, manifest)
     cache = EmbeddingCache(config.cache, identity)
-    summary = Summary(total=len(items), dataset=cache.folder)
-    writer = CacheWriter(cache, config.shard_rows)
+    ledger = RunLedger(cache, len(items), config.shard_rows, config.progress)
     rows = [{"source": it.source, "label": it.label, "path": str(it.path) if it.path else None,
              "text": it.text, "error": it.error} for it in items]  # fmt: skip
     known = set(cache.keys)
@@ -128,40 +117,19 @@ def export_with_ray(items: list[SourceItem], config: BatchExportConfig) -> Summa
     # Rows come back in input order, as on the other engines: the first copy of a duplicate
     # keeps its label and source.
     dataset.context.execution_options.preserve_order = True
-    seen: set[str] = set()
-    members: dict[str, tuple[str | None, str]] = {}
     try:
-        with _progress(len(items), config.progress) as bar:
-            for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-                _collect(table, cache, writer, summary, seen, members)
-                bar.update(table.num_rows)
+        for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            _collect(table, ledger)
     finally:
-        writer.flush()
-    summary.keys = list(members)
-    summary.run_file = cache.write_run(config.run_name, members)
-    summary.seconds = time.perf_counter() - started
-    return summary
+        ledger.flush()
+    return ledger.finish(config.run_name)
 
 
-def _collect(table: pa.Table, cache, writer: CacheWriter, summary: Summary, seen: set[str],
-             members: dict) -> None:  # fmt: skip
+def _collect(table: pa.Table, ledger: RunLedger) -> None:
     vectors = table.column("embedding").combine_chunks()
     matrix = vectors.flatten().to_numpy().reshape(len(vectors), vectors.type.list_size)
-    for i, row in enumerate(
-        table.select(["key", "label", "source", "status", "reason"]).to_pylist()
-    ):
-        key = row["key"]
-        if key and key in seen:
-            summary.duplicates += 1
-            continue
-        seen.add(key)
-        if row["status"] == "failed":
-            summary.failed += 1
-            writer.fail(key, row["source"], row["reason"])
-        elif row["status"] == "cached" or key in cache.keys:
-            summary.from_cache += 1
-            members[key] = (row["label"], row["source"])
-        else:
-            summary.embedded += 1
-            members[key] = (row["label"], row["source"])
-            writer.add(key, matrix[i], row["label"], row["source"])
+    columns = table.select(["key", "label", "source", "status", "reason"]).to_pylist()
+    for i, row in enumerate(columns):
+        error = row["reason"] if row["status"] == "failed" else None
+        if ledger.admit(row["key"], row["label"], row["source"], error):
+            ledger.embedded(row["key"], matrix[i], row["label"], row["source"])

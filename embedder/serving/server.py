@@ -1,23 +1,23 @@
-"""The grpc.aio server: models, health, reflection, metrics, graceful drain."""
+"""The grpc.aio server: the engine behind the embedder.v1 door, health, reflection, metrics,
+TLS and token auth, graceful drain."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from embedder.core.config import ServerConfig
 from embedder.core.errors import EmbedderError
-from embedder.core.repository import ModelRepository
-from embedder.core.runtime import thread_defaults
-from embedder.engine.metrics import Metrics
+from embedder.engine.engine import Engine
 from embedder.serving.auth import BearerTokenInterceptor
-from embedder.serving.servicer import EmbedderService
+from embedder.serving.config import ServerConfig
+from embedder.serving.servicer import EmbedderServicer
 from protos.embedder.v1 import embedder_pb2 as pb
 from protos.embedder.v1 import embedder_pb2_grpc as pb_grpc
 
@@ -50,11 +50,11 @@ class EmbedderServer:
     """Start with `await start()`, stop with `await stop()`; `port` is the bound port."""
 
     def __init__(self, config: ServerConfig):
-        self.config = config = thread_defaults(config)
-        self.metrics = Metrics()
+        self.engine = Engine(config.engine)
+        self.config = replace(config, engine=self.engine.config)  # thread defaults made concrete
+        self.metrics = self.engine.metrics
         self.health = health.aio.HealthServicer()
-        self.repository: ModelRepository | None = None
-        self.service = EmbedderService(config, self.metrics)
+        self.servicer = EmbedderServicer(self.engine, self.config)
         self.server: grpc.aio.Server | None = None
         self.port: int = 0
 
@@ -81,7 +81,7 @@ class EmbedderServer:
         ]
         self.server = grpc.aio.server(interceptors=interceptors, options=options)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        pb_grpc.add_EmbedderServicer_to_server(self.service, self.server)
+        pb_grpc.add_EmbedderServicer_to_server(self.servicer, self.server)
         for name in ("", SERVICE_NAME):
             await self.health.set(name, NOT_SERVING)
         reflection.enable_server_reflection(
@@ -103,28 +103,27 @@ class EmbedderServer:
             await self._load_and_warm()
         except BaseException:
             await self.server.stop(None)  # a half-started server must not keep the port
-            await self.service.close()
+            await self.engine.close()
             raise
         for name in ("", SERVICE_NAME):
             await self.health.set(name, SERVING)
-        log.info("serving %d model(s) on port %d", len(self.service.models), self.port)
+        log.info("serving %d model(s) on port %d", len(self.engine.models), self.port)
         return self.port
 
     async def _load_and_warm(self) -> None:
-        c = self.config
+        c, e = self.config, self.engine.config
         loop = asyncio.get_running_loop()
-        self.repository = await loop.run_in_executor(None, ModelRepository.load, c)
-        self.service.attach(self.repository)
-        if not self.repository.models:
-            refused = "; ".join(f"{k}: {why}" for k, why in self.repository.refused.items())
+        repository = await loop.run_in_executor(None, self.engine.load)
+        if not repository.models:
+            refused = "; ".join(f"{k}: {why}" for k, why in repository.refused.items())
             raise EmbedderError(
-                f"no servable model in {c.repository}: every model was refused ({refused})"
+                f"no servable model in {e.repository}: every model was refused ({refused})"
                 if refused
-                else f"no servable model in {c.repository}; export one with embedder-export"
+                else f"no servable model in {e.repository}; export one with embedder-export"
             )
-        if c.warmup:
-            await loop.run_in_executor(None, self.service.warm_up)
-        self.service.start()
+        if e.warmup:
+            await loop.run_in_executor(None, self.engine.warm_up)
+        self.engine.start()
         if c.metrics_port is not None:
             self.metrics.serve(c.metrics_port, c.address.rsplit(":", 1)[0].strip("[]"))
 
@@ -134,12 +133,12 @@ class EmbedderServer:
         traffic, while requests in flight finish; then the listener closes."""
         window = self.config.drain_seconds if grace is None else grace
         await self.health.enter_graceful_shutdown()
-        self.service.draining = True
+        self.engine.refuse_new_work()
         if self.server:
             if window > 0:
                 await asyncio.sleep(window)
             await self.server.stop(0)  # what still runs after the window is cancelled
-        await self.service.close()
+        await self.engine.close()
 
 
 async def serve_forever(config: ServerConfig) -> None:

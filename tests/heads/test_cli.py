@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from embedder.cache.store import CacheIdentity, EmbeddingCache
+from embedder.cache import CacheIdentity, EmbeddingCache
 from heads.cli import main
 
 
@@ -92,7 +92,7 @@ def test_errors_are_reported(tmp_path, capsys):
 
 
 def test_curve_with_tfidf_baseline(tmp_path, capsys):
-    from embedder.cache.store import content_key
+    from embedder.cache import content_key
 
     rng = np.random.default_rng(0)
     words = {"sport": "goal match team score", "money": "bank market shares rates"}

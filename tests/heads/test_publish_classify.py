@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 from server_helpers import running_server
 
-from embedder.cache.store import load_features
-from embedder.client.clients import EmbedderClient, embed_request, image_item
+from embedder.cache import load_features
+from embedder.client import EmbedderClient, embed_request, image_item
 from embedder.core.manifest import Manifest
-from embedder.features.run import BatchExportConfig, export_features
+from embedder.features import FeaturesConfig, export_features
 from embedder.features.sources import image_folder
 from heads import HeadConfig, train_head
 from heads.cli import main as heads_main
@@ -36,7 +36,7 @@ def trained(tiny_repo, tmp_path_factory):
             Image.fromarray(pixels.astype(np.uint8)).save(root / "images" / label / f"{i}.png")
     summary = export_features(
         image_folder(root / "images", True),
-        BatchExportConfig(repo=tiny_repo, model="tiny_image", cache=root / "cache", progress=False),
+        FeaturesConfig(repo=tiny_repo, model="tiny_image", cache=root / "cache", progress=False),
     )
     features = load_features(summary.dataset)
     backbone = {"model": "tiny_image", "version": "1", "digest": summary.dataset.name}
@@ -173,7 +173,7 @@ def test_batch_export_of_a_published_model_writes_its_backbone_features(
     root, dataset, heads = trained
     repo = tmp_path / "models"
     publish(tiny_repo / "tiny_image" / "1", {"colour": heads["logreg"]}, repo, "tiny_colours")
-    config = BatchExportConfig(repo=repo, model="tiny_colours", cache=tmp_path / "cache",
+    config = FeaturesConfig(repo=repo, model="tiny_colours", cache=tmp_path / "cache",
                                progress=False, engine=engine)  # fmt: skip
     summary = export_features(image_folder(root / "images", True), config)
     published, backbone = load_features(summary.dataset), load_features(dataset)

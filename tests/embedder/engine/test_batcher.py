@@ -8,9 +8,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from embedder.core.config import BatchingConfig
 from embedder.core.errors import DeadlineExceededError, NotReadyError, QueueFullError
 from embedder.engine.batcher import DynamicBatcher
+from embedder.engine.config import BatchingConfig
 
 
 @pytest.fixture

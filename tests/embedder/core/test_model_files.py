@@ -6,8 +6,8 @@ import shutil
 import pytest
 from server_helpers import running_server
 
-from embedder.cache.store import CacheIdentity
-from embedder.client.clients import EmbedderClient
+from embedder.cache import CacheIdentity
+from embedder.client import EmbedderClient
 from embedder.core.manifest import Manifest, sha256_file
 
 
@@ -33,7 +33,7 @@ def test_an_edited_tokenizer_is_refused_and_the_rest_served(repo, caplog):
     with caplog.at_level("ERROR"), running_server(repo) as server:
         with EmbedderClient(server.target) as client:
             assert {m.name for m in client.list_models()} == {"tiny_image"}
-        assert "tiny_text/1" in server.server.repository.refused
+        assert "tiny_text/1" in server.server.engine.repository.refused
     assert "tokenizer.json sha256" in caplog.text
 
 
@@ -55,7 +55,7 @@ def test_a_manifest_without_the_tokenizer_digest_is_refused(repo, caplog):
     del manifest["preprocess"]["tokenizer_sha256"]  # exported before tokenizers were hashed
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with caplog.at_level("ERROR"), running_server(repo) as server:
-        assert "tiny_text/1" in server.server.repository.refused
+        assert "tiny_text/1" in server.server.engine.repository.refused
     assert "re-export" in caplog.text
 
 
@@ -66,7 +66,7 @@ def test_a_corrupt_int8_file_does_not_stop_fp32_serving(repo):
     with running_server(repo) as server, EmbedderClient(server.target) as client:
         assert {m.name for m in client.list_models()} == {"tiny_image", "tiny_text"}
     with running_server(repo, cpu_precision="int8") as server:  # asked for: refused
-        assert "tiny_image/1" in server.server.repository.refused
+        assert "tiny_image/1" in server.server.engine.repository.refused
 
 
 def test_the_cache_identity_changes_with_the_tokenizer(tiny_repo):

@@ -3,7 +3,7 @@
 import onnxruntime as ort
 import pytest
 
-from embedder.core.config import ServerConfig
+from embedder.core.config import SessionConfig
 from embedder.core.manifest import Manifest
 from embedder.core.runtime import (
     CPU,
@@ -59,8 +59,8 @@ def test_fp16_file_chosen_on_a_gpu(default_repo):
 def test_cuda_requested_without_it_refuses_to_start(tiny_repo):
     folder = tiny_repo / "tiny_image" / "1"
     with pytest.raises(ProviderError, match="'cuda' requested"):
-        open_session(folder, Manifest.read(folder), ServerConfig(provider="cuda"))
-    auto = open_session(folder, Manifest.read(folder), ServerConfig(provider="auto"))
+        open_session(folder, Manifest.read(folder), SessionConfig(provider="cuda"))
+    auto = open_session(folder, Manifest.read(folder), SessionConfig(provider="auto"))
     assert auto.providers == [CPU] and not auto.on_gpu and auto.precision == "fp32"
 
 
@@ -70,7 +70,7 @@ def test_in_chunks_runs_consecutive_slices(tiny_repo):
     from embedder.core.batch_parts import in_chunks
 
     folder = tiny_repo / "tiny_image" / "1"
-    session = open_session(folder, Manifest.read(folder), ServerConfig(provider="cpu"))
+    session = open_session(folder, Manifest.read(folder), SessionConfig(provider="cpu"))
     sizes = []
 
     def run(feeds):

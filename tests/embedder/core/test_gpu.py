@@ -15,8 +15,8 @@ import onnxruntime as ort
 import pytest
 from server_helpers import running_server
 
-from embedder.client.clients import EmbedderClient, image_item
-from embedder.core.config import ServerConfig
+from embedder.client import EmbedderClient, image_item
+from embedder.core.config import SessionConfig
 from embedder.core.manifest import Manifest
 from embedder.core.runtime import CPU, CUDA, open_session, provider_options
 from protos.embedder.v1 import embedder_pb2 as pb
@@ -46,7 +46,7 @@ def gpu_repo(tiny_bert_dir, tmp_path_factory) -> Path:
 
 def session(repo: Path, name: str, provider: str):
     folder = repo / name / "1"
-    return open_session(folder, Manifest.read(folder), ServerConfig(provider=provider))
+    return open_session(folder, Manifest.read(folder), SessionConfig(provider=provider))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -123,8 +123,8 @@ def test_the_server_reports_cuda_and_serves_fp16(gpu_repo):
 def test_batch_export_on_the_gpu_caches_the_fp16_file(gpu_repo, tmp_path):
     from PIL import Image
 
-    from embedder.cache.store import load_features, read_identity
-    from embedder.features.run import BatchExportConfig, export_features
+    from embedder.cache import load_features, read_identity
+    from embedder.features import FeaturesConfig, export_features
     from embedder.features.sources import image_folder
 
     photos = tmp_path / "photos"
@@ -134,7 +134,7 @@ def test_batch_export_on_the_gpu_caches_the_fp16_file(gpu_repo, tmp_path):
         Image.fromarray(rng.integers(0, 256, (40, 48, 3), np.uint8)).save(photos / f"{i}.png")
     runs, summaries = {}, {}
     for provider in ("auto", "cpu"):
-        cfg = BatchExportConfig(repo=gpu_repo, model="tiny_image", cache=tmp_path / provider,
+        cfg = FeaturesConfig(repo=gpu_repo, model="tiny_image", cache=tmp_path / provider,
                                 provider=provider, progress=False)  # fmt: skip
         summaries[provider] = export_features(image_folder(photos), cfg)
         runs[provider] = load_features(summaries[provider].run_file)
@@ -150,18 +150,18 @@ FALLBACK = textwrap.dedent(
     """
     import logging, sys
     from pathlib import Path
-    from embedder.core.config import ServerConfig
+    from embedder.core.config import SessionConfig
     from embedder.core.manifest import Manifest
     from embedder.core.runtime import ProviderError, open_session
     logging.basicConfig(level=logging.WARNING)
     folder = Path(sys.argv[1])
     manifest = Manifest.read(folder)
     try:
-        open_session(folder, manifest, ServerConfig(provider="cuda"))
+        open_session(folder, manifest, SessionConfig(provider="cuda"))
         print("cuda: served")
     except ProviderError as exc:
         print("cuda: refused:", exc)
-    s = open_session(folder, manifest, ServerConfig(provider="auto"))
+    s = open_session(folder, manifest, SessionConfig(provider="auto"))
     print("auto:", s.providers[0], s.precision)
     """
 )

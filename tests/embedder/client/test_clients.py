@@ -7,8 +7,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from embedder.client.clients import AsyncEmbedderClient, EmbedderClient
-from embedder.serving.cli import client_main
+from embedder.client import AsyncEmbedderClient, EmbedderClient
+from embedder.client.cli import client_main
 from protos.embedder.v1 import embedder_pb2 as pb
 
 
@@ -93,7 +93,7 @@ def test_clients_split_long_inputs_into_requests_the_server_takes(tiny_server):
 
 
 def test_request_chunks_respect_items_and_bytes():
-    from embedder.client.clients import request_chunks
+    from embedder.client import request_chunks
 
     items = [pb.Item(image=b"x" * n) for n in (40_000, 40_000, 40_000, 200_000, 10)]
     assert list(request_chunks(items, 2, 1 << 20)) == [[0, 1], [2, 3], [4]]
@@ -102,7 +102,7 @@ def test_request_chunks_respect_items_and_bytes():
 
 
 def test_request_chunks_leave_room_for_the_answers():
-    from embedder.client.clients import request_chunks
+    from embedder.client import request_chunks
 
     items = [pb.Item(text="hi") for _ in range(10)]
     # 384 floats per answer: 1544 bytes each, so a 7000-byte budget takes 3-4 per request
@@ -114,7 +114,7 @@ def test_request_chunks_leave_room_for_the_answers():
 def test_clients_keep_to_the_limits_the_server_reports(tiny_repo):
     from server_helpers import running_server
 
-    from embedder.core.config import BatchingConfig
+    from embedder.engine.config import BatchingConfig
 
     texts = [f"sentence number {i}" for i in range(300)]
     limits = dict(max_items_per_request=64, max_message_bytes=20_000,

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from embedder.cache.store import CacheError, CacheIdentity, EmbeddingCache, load_features
+from embedder.cache import CacheError, CacheIdentity, EmbeddingCache, load_features
 
 IDENT = CacheIdentity("m", "1", 8, "a" * 64, "b" * 64)
 

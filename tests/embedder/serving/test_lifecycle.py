@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
-from server_helpers import ServerThread, free_port
+from server_helpers import ServerThread, free_port, server_config
 
-from embedder.client.clients import EmbedderClient
-from embedder.core.config import ServerConfig
+from embedder.client import EmbedderClient
 
 SERVING, NOT_SERVING = (
     health_pb2.HealthCheckResponse.SERVING,
@@ -45,14 +44,14 @@ def test_not_serving_until_warm_then_serving_then_draining(default_repo, monkeyp
     observed_loading = threading.Event()
     real_load = ModelRepository.load
 
-    def gated_load(config):  # hold model loading until the watcher has seen the loading state
+    def gated_load(*args):  # hold model loading until the watcher has seen the loading state
         assert observed_loading.wait(60)
-        return real_load(config)
+        return real_load(*args)
 
     monkeypatch.setattr(ModelRepository, "load", staticmethod(gated_load))
     port = free_port()
     target = f"127.0.0.1:{port}"
-    st = ServerThread(ServerConfig(repository=default_repo, address=target))
+    st = ServerThread(server_config(default_repo, address=target, provider="auto"))
     st.thread.start()
     seen: list = []
     stop = threading.Event()

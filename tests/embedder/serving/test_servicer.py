@@ -17,16 +17,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from server_helpers import free_port, running_server, self_signed_cert
 
-from embedder.client.clients import (
+from embedder.client import (
     EmbedderClient,
     StreamItemError,
     decode,
     embed_request,
     image_item,
 )
-from embedder.core.config import BatchingConfig
 from embedder.core.manifest import Manifest
 from embedder.core.preprocess import TextTokenizer, preprocess_image_bytes
+from embedder.engine.config import BatchingConfig
 from protos.embedder.v1 import embedder_pb2 as pb
 
 
@@ -317,7 +317,7 @@ def test_tls(tiny_repo, tmp_path):
         with EmbedderClient(server.target, token="t") as plaintext:
             with pytest.raises(grpc.RpcError):
                 plaintext.list_models()
-        from embedder.serving.cli import client_main
+        from embedder.client.cli import client_main
 
         argv = ["--server", server.target, "--token", "t", "--root-cert", str(cert), "models"]
         assert client_main(argv) == 0
@@ -352,7 +352,7 @@ def test_corrupt_model_refused_others_served(tiny_repo, tmp_path, caplog):
         EmbedderClient(server.target) as c,
     ):
         assert {m.name for m in c.list_models()} == {"tiny_image", "tiny_text"}
-        assert "broken/1" in server.server.repository.refused
+        assert "broken/1" in server.server.engine.repository.refused
     assert "refusing model broken/1" in caplog.text and "sha256" in caplog.text
 
 

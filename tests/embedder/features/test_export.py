@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from embedder.cache.store import load_features
+from embedder.cache import load_features
 from embedder.core.manifest import Manifest
 from embedder.core.preprocess import TextTokenizer, preprocess_image_bytes
-from embedder.features.run import BatchExportConfig, export_features
+from embedder.features import FeaturesConfig, export_features
 from embedder.features.sources import image_folder, text_table
 
 
@@ -43,7 +43,7 @@ def images(tmp_path):
 
 
 def config(repo, cache, **kw):
-    return BatchExportConfig(repo=repo, model="tiny_image", cache=cache, batch_size=4,
+    return FeaturesConfig(repo=repo, model="tiny_image", cache=cache, batch_size=4,
                              shard_rows=5, progress=False, **kw)  # fmt: skip
 
 
@@ -118,7 +118,7 @@ def test_text_tables_with_bad_lines(tiny_repo, tmp_path):
         f.write(b'{"text": "caf\xe9 latin-1", "label": "money"}\n')  # not UTF-8
         f.write(b'{"text": "   ", "label": "pets"}\n')  # empty
         f.write(b'{"text": "the cat sat", "label": "pets"}\n')  # duplicate
-    cfg = BatchExportConfig(repo=tiny_repo, model="tiny_text", cache=tmp_path / "c", progress=False)
+    cfg = FeaturesConfig(repo=tiny_repo, model="tiny_text", cache=tmp_path / "c", progress=False)
     summary = export_features(text_table(jsonl, "text", "label"), cfg)
     assert (summary.embedded, summary.failed, summary.duplicates) == (2, 2, 1)
     keys, X, y, sources = rows_by_key(summary.dataset)
@@ -147,7 +147,7 @@ def test_csv_and_parquet_sources(tiny_repo, tmp_path, suffix):
         path.write_text("body,topic\nthe dog,a\na cup of coffee,b\n")
     else:
         pq.write_table(table, path)
-    cfg = BatchExportConfig(repo=tiny_repo, model="tiny_text", cache=tmp_path / "c", progress=False)
+    cfg = FeaturesConfig(repo=tiny_repo, model="tiny_text", cache=tmp_path / "c", progress=False)
     summary = export_features(text_table(path, "body", "topic"), cfg)
     assert summary.embedded == 2 and sorted(load_features(summary.dataset).y) == ["a", "b"]
     with pytest.raises(Exception, match="no column 'text'"):
@@ -247,7 +247,7 @@ def test_a_text_too_long_fails_alone(untruncated_repo, tmp_path, engine):
         server = None
         if engine == "server":
             server = stack.enter_context(running_server(untruncated_repo)).target
-        cfg = BatchExportConfig(repo=untruncated_repo, model="tiny_text", cache=tmp_path / "c",
+        cfg = FeaturesConfig(repo=untruncated_repo, model="tiny_text", cache=tmp_path / "c",
                                 batch_size=4, progress=False, engine=engine, server=server)  # fmt: skip
         summary = export_features(text_table(path, "text"), cfg)
     assert (summary.embedded, summary.failed) == (3, 1)  # one batch of four, one bad text
@@ -263,7 +263,7 @@ def test_missing_model_is_a_clear_error(tiny_repo, images, tmp_path):
 
     with pytest.raises(EmbedderError, match="no model 'nope'"):
         export_features(
-            image_folder(images), BatchExportConfig(repo=tiny_repo, model="nope", cache=tmp_path)
+            image_folder(images), FeaturesConfig(repo=tiny_repo, model="nope", cache=tmp_path)
         )
 
 
@@ -305,12 +305,12 @@ def test_failures_are_retried_but_recorded_once(tiny_repo, images, tmp_path):
 
 
 def test_rows_written_twice_by_two_writers_load_once(tiny_repo, images, tmp_path):
-    from embedder.cache.store import EmbeddingCache
+    from embedder.cache import EmbeddingCache
 
     summary = export_features(image_folder(images, True), config(tiny_repo, tmp_path / "c"))
     f = load_features(summary.dataset)
     ident = json.loads((summary.dataset / "dataset.json").read_text())
-    from embedder.cache.store import CacheIdentity
+    from embedder.cache import CacheIdentity
 
     second_writer = EmbeddingCache(tmp_path / "c", CacheIdentity(**ident))
     second_writer.append(list(f.keys[:3]), f.X[:3], [None] * 3, [None] * 3)
@@ -328,7 +328,7 @@ def test_server_engine_keeps_to_the_server_limits_and_fails_an_item_too_big(tiny
         Image.fromarray(pixels).save(folder / f"{i}.png")
     local = export_features(image_folder(folder), config(tiny_repo, tmp_path / "a"))
     with running_server(tiny_repo, max_message_bytes=200_000, max_items_per_request=2) as server:
-        remote_config = BatchExportConfig(repo=tiny_repo, model="tiny_image", cache=tmp_path / "b",
+        remote_config = FeaturesConfig(repo=tiny_repo, model="tiny_image", cache=tmp_path / "b",
                                           engine="server", server=server.target, progress=False)  # fmt: skip
         remote = export_features(image_folder(folder), remote_config)
     assert (remote.embedded, remote.failed) == (4, 1)
@@ -365,7 +365,7 @@ def test_bad_rows_of_a_text_table_fail_alone(tiny_repo, tmp_path):
                    binary)  # fmt: skip
     reasons = {}
     for source in (jsonl, binary):
-        cfg = BatchExportConfig(repo=tiny_repo, model="tiny_text", cache=tmp_path / "c",
+        cfg = FeaturesConfig(repo=tiny_repo, model="tiny_text", cache=tmp_path / "c",
                                 progress=False)  # fmt: skip
         summary = export_features(text_table(source, "text"), cfg)
         failures = pq.ParquetDataset(sorted((summary.dataset / "failures").glob("*.parquet")))
@@ -381,11 +381,11 @@ def test_bad_rows_of_a_text_table_fail_alone(tiny_repo, tmp_path):
 
 
 def test_default_batch_size_follows_the_model_and_engine(tiny_repo, tmp_path):
-    from embedder.features.run import batch_size_for
+    from embedder.features.config import batch_size_for
 
     def size(model, **kw):
         manifest = Manifest.read(tiny_repo / model / "1")
-        cfg = BatchExportConfig(repo=tiny_repo, model=model, cache=tmp_path, provider="cpu", **kw)
+        cfg = FeaturesConfig(repo=tiny_repo, model=model, cache=tmp_path, provider="cpu", **kw)
         return batch_size_for(cfg, manifest)
 
     assert (size("tiny_image"), size("tiny_text")) == (4, 32)  # measured fastest on a CPU
@@ -402,7 +402,7 @@ def test_a_model_that_fails_to_load_ends_the_run_with_its_error(tiny_repo, image
     shutil.copytree(tiny_repo / "tiny_image" / "1", folder)
     with open(folder / "model.onnx", "ab") as f:
         f.write(b"tampered")
-    cfg = BatchExportConfig(repo=tmp_path / "repo", model="tiny_image", cache=tmp_path / "c",
+    cfg = FeaturesConfig(repo=tmp_path / "repo", model="tiny_image", cache=tmp_path / "c",
                             batch_size=1, workers=2, progress=False)  # fmt: skip
     with pytest.raises(ManifestError, match="does not match the manifest"):
         export_features(image_folder(images, True), cfg)
@@ -425,7 +425,7 @@ def test_a_lone_surrogate_and_a_huge_csv_field_fail_alone(tiny_repo, tmp_path):
     csv_file.write_text(f"text\nthe cat sat\n{huge}\na cup of coffee\n")
     reasons = {}
     for path in (jsonl, csv_file):
-        cfg = BatchExportConfig(repo=tiny_repo, model="tiny_text", cache=tmp_path / path.suffix,
+        cfg = FeaturesConfig(repo=tiny_repo, model="tiny_text", cache=tmp_path / path.suffix,
                                 progress=False)  # fmt: skip
         summary = export_features(text_table(path), cfg)
         assert (summary.embedded, summary.failed) == (2, 1)
@@ -445,7 +445,7 @@ def test_a_stray_quote_in_a_csv_never_loses_rows_silently(tiny_repo, tmp_path, c
         lines[13] = 'sentence 12",l0'
     path = tmp_path / "quotes.csv"
     path.write_text("\n".join(lines) + "\n")
-    cfg = BatchExportConfig(repo=tiny_repo, model="tiny_text", cache=tmp_path / "c",
+    cfg = FeaturesConfig(repo=tiny_repo, model="tiny_text", cache=tmp_path / "c",
                             progress=False)  # fmt: skip
     summary = export_features(text_table(path, "text", "label"), cfg)
     assert summary.failed == 1

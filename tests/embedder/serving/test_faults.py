@@ -6,10 +6,9 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from server_helpers import ServerThread, free_port, running_server, self_signed_cert
+from server_helpers import ServerThread, free_port, running_server, self_signed_cert, server_config
 
-from embedder.client.clients import EmbedderClient, embed_request
-from embedder.core.config import ServerConfig
+from embedder.client import EmbedderClient, embed_request
 from embedder.core.errors import EmbedderError
 from protos.embedder.v1 import embedder_pb2 as pb
 
@@ -19,7 +18,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 def test_a_drain_answers_health_not_serving_and_refuses_new_work(tiny_repo):
     """The listener used to close at once: health checks got UNAVAILABLE from +3 ms."""
     target = f"127.0.0.1:{free_port()}"
-    config = ServerConfig(repository=tiny_repo, address=target, provider="cpu", drain_seconds=1.5)
+    config = server_config(tiny_repo, address=target, drain_seconds=1.5)
     server = ServerThread(config)
     server.start()
     stopping = threading.Thread(target=server.stop, kwargs={"grace": None})
@@ -79,3 +78,35 @@ def test_a_key_that_does_not_match_its_certificate_is_named(tiny_repo, tmp_path)
     with pytest.raises(EmbedderError, match="does not match the certificate"):
         with running_server(tiny_repo, tls_cert=cert, tls_key=key):
             pass
+
+
+def test_a_bad_item_is_named_in_the_status_details(tiny_server):
+    """google.rpc.BadRequest field violations: clients need not parse the message."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    from embedder.client import image_item, item_errors
+
+    pixels = __import__("numpy").zeros((8, 8, 3), "uint8")  # the tiny model takes 32 x 32
+    cases = [
+        ("tiny_image", [pb.Item(image=b"junk")], 0, "image", "cannot decode image"),
+        ("tiny_text", [pb.Item(text="the cat"), pb.Item(text="  ")], 1, "text", "empty text"),
+        ("tiny_image", [pb.Item(image=b"x"), image_item(pixels)], 0, "image", "cannot decode"),
+        ("tiny_image", [image_item(pixels)], 0, "tensor", "tensor uint8[8, 8, 3] does not fit"),
+    ]
+    with EmbedderClient(tiny_server.target) as client:
+        for model, items, index, field, reason in cases:
+            with pytest.raises(grpc.RpcError) as failed:
+                client.embed(embed_request(model, items))
+            exc = failed.value
+            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert exc.details().startswith(f"item {index}: {reason}")  # today's text, kept
+            status = rpc_status.from_call(exc)
+            bad = error_details_pb2.BadRequest()
+            status.details[0].Unpack(bad)
+            assert [v.field for v in bad.field_violations] == [f"items[{index}].{field}"]
+            ((got_index, got_reason),) = item_errors(exc)
+            assert got_index == index and got_reason.startswith(reason)
+        with pytest.raises(grpc.RpcError) as failed:  # not an item's fault: no details
+            client.embed(embed_request("tiny_text", []))
+        assert item_errors(failed.value) == []

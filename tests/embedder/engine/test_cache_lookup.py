@@ -6,8 +6,8 @@ import numpy as np
 from PIL import Image
 from server_helpers import running_server
 
-from embedder.client.clients import EmbedderClient, embed_request
-from embedder.features.run import BatchExportConfig, export_features
+from embedder.client import EmbedderClient, embed_request
+from embedder.features import FeaturesConfig, export_features
 from embedder.features.sources import image_folder
 from protos.embedder.v1 import embedder_pb2 as pb
 
@@ -42,7 +42,7 @@ def test_batch_export_fills_the_cache_the_server_reads(tiny_repo, tmp_path):
     cache = tmp_path / "cache"
     export_features(
         image_folder(folder),
-        BatchExportConfig(repo=tiny_repo, model="tiny_image", cache=cache, progress=False),
+        FeaturesConfig(repo=tiny_repo, model="tiny_image", cache=cache, progress=False),
     )
     with running_server(tiny_repo, cache=cache) as server, EmbedderClient(server.target) as c:
         result = c.embed(

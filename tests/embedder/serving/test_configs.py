@@ -4,11 +4,13 @@ import math
 
 import pytest
 
-from embedder.core.config import BatchingConfig, ServerConfig
+from embedder.core.config import SessionConfig
 from embedder.core.errors import ConfigError
+from embedder.engine.config import BatchingConfig, EngineConfig
+from embedder.features import FeaturesConfig
 from embedder.features.cli import main as features_main
-from embedder.features.run import BatchExportConfig
 from embedder.serving.cli import serve_main
+from embedder.serving.config import ServerConfig
 
 
 @pytest.mark.parametrize(
@@ -18,11 +20,14 @@ from embedder.serving.cli import serve_main
         (BatchingConfig, {"inference_streams": -1}),
         (BatchingConfig, {"max_queue_delay_ms": -1}),
         (BatchingConfig, {"returning_wait_ms": math.nan}),
-        (ServerConfig, {"preprocess_threads": 0}),
-        (ServerConfig, {"intra_op_threads": -1}),
-        (BatchExportConfig, {"workers": -1}),
-        (BatchExportConfig, {"batch_size": -1}),
-        (BatchExportConfig, {"intra_op_threads": -1}),
+        (EngineConfig, {"preprocess_threads": 0}),
+        (SessionConfig, {"intra_op_threads": -1}),
+        (SessionConfig, {"max_batch_tokens": -1}),
+        (ServerConfig, {"max_message_bytes": 0}),
+        (ServerConfig, {"drain_seconds": -1}),
+        (FeaturesConfig, {"workers": -1}),
+        (FeaturesConfig, {"batch_size": -1}),
+        (FeaturesConfig, {"intra_op_threads": -1}),
     ],
 )
 def test_out_of_range_settings_are_refused(config, setting):
@@ -69,14 +74,13 @@ def test_serve_reports_a_taken_port_and_unreadable_tls_files(tiny_repo, tmp_path
 def test_automatic_thread_settings():
     import os
 
-    from embedder.core.runtime import thread_defaults
+    from embedder.engine.config import thread_defaults
 
+    cpu = SessionConfig(provider="cpu")
     cores = len(os.sched_getaffinity(0))
-    auto = thread_defaults(ServerConfig(provider="cpu"))
-    assert (auto.batching.inference_streams, auto.intra_op_threads) == (cores, 1)
-    one = thread_defaults(
-        ServerConfig(provider="cpu", batching=BatchingConfig(inference_streams=1))
-    )
-    assert (one.batching.inference_streams, one.intra_op_threads) == (1, cores)
-    fixed = thread_defaults(ServerConfig(provider="cpu", intra_op_threads=3))
-    assert fixed.intra_op_threads == 3
+    auto = thread_defaults(EngineConfig(session=cpu))
+    assert (auto.batching.inference_streams, auto.session.intra_op_threads) == (cores, 1)
+    one = thread_defaults(EngineConfig(session=cpu, batching=BatchingConfig(inference_streams=1)))
+    assert (one.batching.inference_streams, one.session.intra_op_threads) == (1, cores)
+    fixed = thread_defaults(EngineConfig(session=SessionConfig("cpu", intra_op_threads=3)))
+    assert fixed.session.intra_op_threads == 3

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from embedder.core.batch_parts import by_token_budget, token_parts
-from embedder.core.config import ServerConfig
+from embedder.core.config import SessionConfig
 from embedder.core.inputs import Preprocessor
 from embedder.core.manifest import Manifest
 from embedder.core.runtime import open_session
@@ -23,8 +23,8 @@ def test_token_parts_group_similar_lengths_within_the_budget():
 def test_a_text_batch_in_parts_equals_the_whole_batch(tiny_repo):
     folder = tiny_repo / "tiny_text" / "1"
     manifest = Manifest.read(folder)
-    whole = open_session(folder, manifest, ServerConfig(provider="cpu", max_batch_tokens=10_000))
-    parts = open_session(folder, manifest, ServerConfig(provider="cpu", max_batch_tokens=12))
+    whole = open_session(folder, manifest, SessionConfig(provider="cpu", max_batch_tokens=10_000))
+    parts = open_session(folder, manifest, SessionConfig(provider="cpu", max_batch_tokens=12))
     pre = Preprocessor(manifest, folder)
     texts = ["the cat sat on the mat " * 2, "a dog", "the stock market fell", "cup", "a cat"] * 3
     feeds = pre.collate(pre.texts(texts))
@@ -43,7 +43,7 @@ def test_a_text_batch_in_parts_equals_the_whole_batch(tiny_repo):
 
 def test_the_token_budget_is_automatic_on_a_cpu(tiny_repo):
     folder = tiny_repo / "tiny_text" / "1"
-    session = open_session(folder, Manifest.read(folder), ServerConfig(provider="cpu"))
+    session = open_session(folder, Manifest.read(folder), SessionConfig(provider="cpu"))
     assert session.max_batch_tokens == 2048
 
 
@@ -54,7 +54,7 @@ def test_a_batch_of_long_texts_keeps_the_sessions_memory_bounded(default_repo):
 
     folder = default_repo / "minilm_l6" / "1"
     manifest = Manifest.read(folder)
-    config = ServerConfig(provider="cpu", intra_op_threads=1)
+    config = SessionConfig(provider="cpu", intra_op_threads=1)
     session = open_session(folder, manifest, config)
     pre = Preprocessor(manifest, folder)
     session.features(pre.collate(pre.texts(["warm up"] * 2)))

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from server_helpers import running_server
 
-from embedder.client.clients import EmbedderClient
+from embedder.client import EmbedderClient
 from embedder.core.manifest import Manifest
 from embedder.core.preprocess import TextTokenizer, preprocess_image_bytes
 from export.samples import SAMPLE_SENTENCES, sample_photos

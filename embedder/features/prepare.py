@@ -1,0 +1,99 @@
+"""Each source item read, hashed and preprocessed, in worker threads, results in input order."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Container, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from embedder.cache import content_key
+from embedder.core.errors import InputError
+from embedder.core.inputs import Preprocessor, RawItem
+from embedder.core.manifest import Manifest
+from embedder.features.sources import SourceItem
+
+
+@dataclass
+class Prepared:
+    """One item after reading, hashing and preprocessing (or the reason it failed)."""
+
+    item: SourceItem
+    key: str = ""
+    array: np.ndarray | None = None
+    raw: bytes | str | None = None  # what a server engine sends
+    error: str | None = None
+
+
+def read_item(item: SourceItem) -> Prepared:
+    """Read bytes and hash them; text is validated here."""
+    if item.error is not None:  # a row of the source that held no usable text
+        return Prepared(item, "", error=item.error)
+    if item.text is not None:
+        try:
+            raw = item.text.encode("utf-8")
+        except UnicodeEncodeError:
+            return _not_unicode(item)
+        if not item.text.strip():
+            return Prepared(item, content_key(raw), error="empty text")
+        return Prepared(item, content_key(raw), raw=item.text)
+    try:
+        data = item.path.read_bytes()
+    except OSError as exc:
+        return Prepared(item, "", error=f"cannot read file: {exc.strerror or exc}")
+    return Prepared(item, content_key(data), raw=data)
+
+
+def _not_unicode(item: SourceItem) -> Prepared:
+    """A text that cannot be UTF-8: bytes that were not UTF-8 (kept as surrogate escapes, so
+    its key is the hash of those bytes), or a lone surrogate such as JSON's "\\ud800"."""
+    try:
+        return Prepared(item, content_key(item.text.encode("utf-8", "surrogateescape")),
+                        error="not valid UTF-8")  # fmt: skip
+    except UnicodeEncodeError:
+        key = content_key(item.text.encode("utf-8", "surrogatepass"))
+        return Prepared(item, key, error="holds a lone surrogate (such as \\ud800): not Unicode")
+
+
+def make_preparer(manifest: Manifest, pre: Preprocessor | None, known: Container[str]):
+    """Read, hash, skip keys `known` from earlier runs, then decode an image or tokenise a text
+    with `pre` (local and Ray engines; None when a server preprocesses)."""
+
+    def prepare(item: SourceItem) -> Prepared:
+        prepared = read_item(item)
+        if prepared.error or prepared.key in known:
+            return prepared
+        if manifest.modality == "image" and item.path is None:
+            prepared.error = "text given to an image model"
+        elif manifest.modality == "text" and item.text is None:
+            prepared.error = "file given to a text model; pass a table of texts"
+        elif pre is not None:  # one bad item (e.g. a text too long to embed) fails alone
+            try:
+                if manifest.modality == "image":
+                    prepared.array = pre.image(0, RawItem("image", prepared.raw))
+                else:
+                    (prepared.array,) = pre.texts([item.text])
+                prepared.raw = None
+            except InputError as exc:
+                prepared.error = exc.reason
+        return prepared
+
+    return prepare
+
+
+def prepare_stream(items: list[SourceItem], prepare: Callable[[SourceItem], Prepared],
+                   pool: ThreadPoolExecutor, ahead: int, chunk: int = 8,
+                   ) -> Iterator[Prepared]:  # fmt: skip
+    """`prepare` on `pool`, results in input order, at most about `ahead` items in flight.
+    Items go to the pool `chunk` at a time: a hand-off per item would cost about as much as
+    reading and hashing a cached one."""
+    window: deque[Future] = deque()
+    for start in range(0, len(items), chunk):
+        window.append(pool.submit(lambda part: [prepare(i) for i in part],
+                                  items[start : start + chunk]))  # fmt: skip
+        if len(window) * chunk >= ahead:
+            yield from window.popleft().result()
+    for future in window:
+        yield from future.result()
