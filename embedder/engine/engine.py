@@ -53,6 +53,7 @@ class Embedded:
     vectors: np.ndarray  # (N, k) little-endian float32
     cache_hits: list[bool]
     timing: Timing
+    tokens: int = 0  # a text model's input tokens, all items (OpenAI's usage.prompt_tokens)
 
 
 @dataclass(frozen=True)
@@ -174,8 +175,8 @@ class Engine:
         """`deadline`: time.monotonic() after which queued items are dropped, not run."""
         m = model.manifest
         output_dim(options, m.dim)
-        outputs, hits, timing = await self._compute(model, items, deadline)
-        return Embedded(finish(outputs[:, : m.dim], options, m.normalized), hits, timing)
+        outputs, hits, timing, tokens = await self._compute(model, items, deadline)
+        return Embedded(finish(outputs[:, : m.dim], options, m.normalized), hits, timing, tokens)
 
     async def classify(self, model: LoadedModel, items: list[Item], heads: list[str],
                        top_k: int = 1, deadline: float | None = None) -> Classified:  # fmt: skip
@@ -188,12 +189,13 @@ class Engine:
             raise ModelNotFoundError(
                 f"model {m.name!r} has no head {echo((unknown or [''])[0])}; heads: {have}"
             )
-        outputs, _, timing = await self._compute(model, items, deadline)
+        outputs, _, timing, _ = await self._compute(model, items, deadline)
         return Classified([head_scores(model, h, outputs, top_k) for h in wanted], timing)
 
     async def _compute(self, model: LoadedModel, items: list[Item], deadline: float | None
-                       ) -> tuple[np.ndarray, list[bool], Timing]:  # fmt: skip
-        """Every item's model output (features, then head scores): from cache or the batcher."""
+                       ) -> tuple[np.ndarray, list[bool], Timing, int]:  # fmt: skip
+        """Every item's model output (features, then head scores), from the cache or the
+        batcher; with the timing and, for a text model, the number of input tokens."""
         started = time.monotonic()
         n = len(items)
         if n == 0:
@@ -232,7 +234,12 @@ class Engine:
         model.queue_ms.observe(stats.queue_ms)
         timing = Timing(stats.queue_ms, preprocess_ms, stats.inference_ms, stats.batch_items,
                         (time.monotonic() - started) * 1000)  # fmt: skip
-        return out, [i in hits for i in range(n)], timing
+        tokens = 0
+        if model.manifest.modality == "text":  # cache hits were not tokenised: count them now
+            hit_texts = [raw[i].value for i in hits]
+            tokens = sum(map(len, arrays)) + sum(map(len, model.preprocessor.texts(hit_texts)
+                                                     if hit_texts else []))  # fmt: skip
+        return out, [i in hits for i in range(n)], timing, tokens
 
     async def _preprocess(self, model: LoadedModel, raw: list[RawItem], indices: list[int]
                           ) -> list[np.ndarray]:  # fmt: skip

@@ -10,11 +10,13 @@ _MS_BUCKETS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # protocol: embedder.v1, openai or kserve-v2; method: the RPC or route
         self.requests = Counter(
-            "embedder_requests", "RPCs handled", ["method"], registry=self.registry
-        )
+            "embedder_requests", "requests handled", ["protocol", "method"],
+            registry=self.registry,
+        )  # fmt: skip
         self.errors = Counter(
-            "embedder_errors", "RPCs that ended in an error", ["method", "code"],
+            "embedder_errors", "requests that ended in an error", ["protocol", "method", "code"],
             registry=self.registry,
         )  # fmt: skip
         self.items = Counter("embedder_items", "items embedded", ["model"], registry=self.registry)

@@ -21,6 +21,11 @@ def serve_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--repo", type=Path, default=e.repository, help="model repository folder")
     p.add_argument("--address", default=d.address, help="host:port (default: loopback only)")
+    p.add_argument(
+        "--http-address",
+        help="host:port for HTTP: OpenAI /v1/embeddings and KServe v2 /v2 (off unless given; "
+        "e.g. 127.0.0.1:8080)",
+    )
     p.add_argument("--provider", default=s.provider, choices=("auto", "cpu", "cuda", "tensorrt"))
     p.add_argument("--cpu-precision", default=s.cpu_precision, choices=("fp32", "int8"))
     p.add_argument(
@@ -73,7 +78,7 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
                           preprocess_threads=args.preprocess_threads,
                           max_items_per_request=args.max_items_per_request,
                           max_image_pixels=args.max_image_pixels, cache=args.cache)  # fmt: skip
-    return ServerConfig(engine=engine, address=args.address,
+    return ServerConfig(engine=engine, address=args.address, http_address=args.http_address,
                         max_message_bytes=args.max_message_bytes, metrics_port=args.metrics_port,
                         auth_token=args.auth_token, tls_cert=args.tls_cert, tls_key=args.tls_key,
                         drain_seconds=args.drain_seconds)  # fmt: skip

@@ -14,6 +14,8 @@ from embedder.engine.config import EngineConfig
 class ServerConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     address: str = "127.0.0.1:50051"
+    # HTTP next to gRPC: the OpenAI embeddings API (/v1) and KServe v2 REST (/v2). None: off.
+    http_address: str | None = None
     max_message_bytes: int = 64 * 1024 * 1024
     metrics_port: int | None = None  # Prometheus /metrics on this port when set
     auth_token: str | None = None  # require "authorization: Bearer <token>" when set

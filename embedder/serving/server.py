@@ -17,6 +17,7 @@ from embedder.core.errors import EmbedderError
 from embedder.engine.engine import Engine
 from embedder.serving.auth import BearerTokenInterceptor
 from embedder.serving.config import ServerConfig
+from embedder.serving.http import HttpDoor
 from embedder.serving.servicer import EmbedderServicer
 from protos.embedder.v1 import embedder_pb2 as pb
 from protos.embedder.v1 import embedder_pb2_grpc as pb_grpc
@@ -46,6 +47,14 @@ def _check_key_pair(cert: Path, key: Path) -> None:
         ) from exc
 
 
+def http_door(engine: Engine, config: ServerConfig) -> HttpDoor:
+    """The HTTP port with every protocol it speaks."""
+    from embedder.serving import openai
+
+    routes = openai.OpenAIRoutes(engine).routes()
+    return HttpDoor(engine, config, {"openai": openai.error_body}, routes)
+
+
 class EmbedderServer:
     """Start with `await start()`, stop with `await stop()`; `port` is the bound port."""
 
@@ -56,7 +65,9 @@ class EmbedderServer:
         self.health = health.aio.HealthServicer()
         self.servicer = EmbedderServicer(self.engine, self.config)
         self.server: grpc.aio.Server | None = None
+        self.http: HttpDoor | None = None
         self.port: int = 0
+        self.http_port: int = 0
 
     def _credentials(self):
         c = self.config
@@ -100,9 +111,14 @@ class EmbedderServer:
             ) from exc
         await self.server.start()  # health answers NOT_SERVING while models load and warm up
         try:
+            if c.http_address:
+                self.http = http_door(self.engine, self.config)
+                self.http_port = await self.http.start()
             await self._load_and_warm()
         except BaseException:
             await self.server.stop(None)  # a half-started server must not keep the port
+            if self.http:
+                await self.http.stop()
             await self.engine.close()
             raise
         for name in ("", SERVICE_NAME):
@@ -138,6 +154,8 @@ class EmbedderServer:
             if window > 0:
                 await asyncio.sleep(window)
             await self.server.stop(0)  # what still runs after the window is cancelled
+        if self.http:
+            await self.http.stop()
         await self.engine.close()
 
 
@@ -148,7 +166,8 @@ async def serve_forever(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    print(f"embedder-serve: listening on port {server.port}", flush=True)
+    http = f", HTTP on port {server.http_port}" if server.http else ""
+    print(f"embedder-serve: listening on port {server.port}{http}", flush=True)
     await stopping.wait()
     log.info("draining for %g s: health NOT_SERVING, new requests refused", config.drain_seconds)
     await server.stop()

@@ -27,6 +27,7 @@ from embedder.core.errors import (
 )
 
 log = logging.getLogger(__name__)
+PROTOCOL = "embedder.v1"  # the metrics' protocol label of this door's methods
 MESSAGE_CHARS = 2000  # a status message beyond this is cut: gRPC sends it in the metadata
 
 _STATUS = (
@@ -55,7 +56,7 @@ async def _abort(servicer, method: str, exc: Exception, context) -> None:
         log.exception("%s failed", method, exc_info=exc)
     elif isinstance(exc, DecodeError):
         log.warning("%s: a malformed message: %s", method, exc)
-    servicer.metrics.errors.labels(method, code.name).inc()
+    servicer.metrics.errors.labels(PROTOCOL, method, code.name).inc()
     message = str(exc) if code is not grpc.StatusCode.INTERNAL else f"internal error: {exc!r}"
     if isinstance(exc, DecodeError):
         message = f"malformed message, not an {method} request: {exc}"
@@ -81,7 +82,7 @@ def _count_cancelled(servicer, method: str, context) -> None:
     """grpc cancels the handler when the client goes away or its deadline passes."""
     remaining = context.time_remaining()
     code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
-    servicer.metrics.errors.labels(method, code).inc()
+    servicer.metrics.errors.labels(PROTOCOL, method, code).inc()
 
 
 def unary_rpc(method):
@@ -90,7 +91,7 @@ def unary_rpc(method):
 
     @functools.wraps(method)
     async def wrapped(self, request, context):
-        self.metrics.requests.labels(name).inc()
+        self.metrics.requests.labels(PROTOCOL, name).inc()
         try:
             return await method(self, request, context)
         except asyncio.CancelledError:
@@ -108,7 +109,7 @@ def stream_rpc(method):
 
     @functools.wraps(method)
     async def wrapped(self, requests, context):
-        self.metrics.requests.labels(name).inc()
+        self.metrics.requests.labels(PROTOCOL, name).inc()
         try:
             async for response in method(self, requests, context):
                 yield response

@@ -330,8 +330,8 @@ def test_metrics_endpoint(tiny_repo):
         with pytest.raises(grpc.RpcError):
             c.embed(embed_request("nope", [pb.Item(text="x")]))
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-    assert 'embedder_requests_total{method="Embed"}' in text
-    assert 'embedder_errors_total{code="NOT_FOUND",method="Embed"}' in text
+    assert 'embedder_requests_total{method="Embed",protocol="embedder.v1"}' in text
+    assert 'embedder_errors_total{code="NOT_FOUND",method="Embed",protocol="embedder.v1"}' in text
     assert 'embedder_items_total{model="tiny_image/1"} 3.0' in text
     assert "embedder_batch_items_bucket" in text and 'stage="inference"' in text
     # Each model's share of the cores under load is read from this (bench/fairness_bench.py).
@@ -524,9 +524,17 @@ def test_deadline_passed_while_queued_is_counted(tiny_repo):
         with EmbedderClient(server.target, timeout=0.2) as c:
             expect_status(grpc.StatusCode.DEADLINE_EXCEEDED, c.embed_images, "tiny_image", [png()])
         for _ in range(20):
-            if _metric(server, "embedder_errors_total", method="Embed", code="DEADLINE_EXCEEDED"):
+            if _metric(server, "embedder_errors_total", protocol="embedder.v1", method="Embed",
+                       code="DEADLINE_EXCEEDED"):  # fmt: skip
                 break
             time.sleep(0.1)
         assert (
-            _metric(server, "embedder_errors_total", method="Embed", code="DEADLINE_EXCEEDED") == 1
+            _metric(
+                server,
+                "embedder_errors_total",
+                protocol="embedder.v1",
+                method="Embed",
+                code="DEADLINE_EXCEEDED",
+            )
+            == 1  # fmt: skip
         )
