@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tiny_models import export_tiny_vit, tiny_cnn
 from torch import nn
@@ -67,3 +68,37 @@ def tiny_server(tiny_repo):
 
     with running_server(tiny_repo) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_repo, tmp_path_factory):
+    """Three colour classes as PNG files, embedded by tiny_image, two heads trained on them."""
+    from PIL import Image
+
+    from embedder.cache import load_features
+    from embedder.features import FeaturesConfig, export_features, image_folder
+    from heads import HeadConfig, train_head
+    from heads.persist import save_head
+
+    root = tmp_path_factory.mktemp("colours")
+    rng = np.random.default_rng(0)
+    for label, colour in (
+        ("red", (200, 30, 30)),
+        ("green", (30, 200, 30)),
+        ("blue", (30, 30, 200)),
+    ):
+        (root / "images" / label).mkdir(parents=True)
+        for i in range(12):
+            pixels = np.clip(np.array(colour) + rng.integers(-60, 60, (40, 40, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / "images" / label / f"{i}.png")
+    summary = export_features(
+        image_folder(root / "images", True),
+        FeaturesConfig(repo=tiny_repo, model="tiny_image", cache=root / "cache", progress=False),
+    )
+    features = load_features(summary.dataset)
+    backbone = {"model": "tiny_image", "version": "1", "digest": summary.dataset.name}
+    heads = {}
+    for kind in ("logreg", "linear_svc"):
+        head = train_head(features.X, features.y, HeadConfig(kind=kind, folds=3))
+        heads[kind] = save_head(head, root / kind, backbone, features.X.shape[1])
+    return root, summary.dataset, heads

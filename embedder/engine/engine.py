@@ -70,6 +70,15 @@ class Classified:
     timing: Timing
 
 
+@dataclass(frozen=True)
+class Inferred:
+    """Every output of the model, as the graph gives them (KServe v2's view)."""
+
+    features: np.ndarray  # (N, dim) float32
+    scores: dict[str, np.ndarray]  # head -> (N, classes) float32, for a published model
+    timing: Timing
+
+
 def raw_item(index: int, item: Any) -> RawItem:
     """A plain item as the preprocessor takes it; anything else is this item's InputError."""
     if isinstance(item, bytes | bytearray | memoryview):
@@ -101,21 +110,23 @@ def finish(embeddings: np.ndarray, options: EmbedOptions, normalized: bool) -> n
     return np.ascontiguousarray(embeddings, dtype="<f4")
 
 
-def head_scores(model: LoadedModel, name: str, outputs: np.ndarray, top_k: int) -> HeadScores:
-    """Top-k labels and scores of head `name` from the model's stacked outputs."""
-    m = model.manifest
-    offset = m.dim
-    for head_name, spec in m.heads.items():
-        width = len(spec.classes)
-        if head_name == name:
-            scores = outputs[:, offset : offset + width]
-            k = min(max(1, top_k), width)
-            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-            labels = [[spec.classes[j] for j in row] for row in order]
-            values = [scores[i, row].tolist() for i, row in enumerate(order)]
-            return HeadScores(name, spec.score_kind, labels, values)
-        offset += width
-    raise ModelNotFoundError(f"model {m.name!r} has no head {echo(name)}")
+def split_heads(model: LoadedModel, outputs: np.ndarray) -> dict[str, np.ndarray]:
+    """Each head's (N, classes) scores from the model's stacked outputs (features first)."""
+    offset, heads = model.manifest.dim, {}
+    for name, spec in model.manifest.heads.items():
+        heads[name] = outputs[:, offset : offset + len(spec.classes)]
+        offset += len(spec.classes)
+    return heads
+
+
+def head_scores(model: LoadedModel, name: str, scores: np.ndarray, top_k: int) -> HeadScores:
+    """Top-k labels and scores of head `name`."""
+    spec = model.manifest.heads[name]
+    k = min(max(1, top_k), len(spec.classes))
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    labels = [[spec.classes[j] for j in row] for row in order]
+    values = [scores[i, row].tolist() for i, row in enumerate(order)]
+    return HeadScores(name, spec.score_kind, labels, values)
 
 
 class Engine:
@@ -162,6 +173,14 @@ class Engine:
                 model.cache.flush()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def ready(self) -> bool:
+        """Models loaded and new work taken (KServe readiness; health answers the same)."""
+        return self.repository is not None and self.accepting
+
+    def versions(self, name: str) -> list[str]:
+        """The loaded versions of model `name`."""
+        return sorted(m.manifest.version for m in self.models.values() if m.manifest.name == name)
+
     def model(self, name: str, version: str = "") -> LoadedModel:
         if not self.accepting:
             raise NotReadyError("the server is shutting down; send new requests to another one")
@@ -190,7 +209,16 @@ class Engine:
                 f"model {m.name!r} has no head {echo((unknown or [''])[0])}; heads: {have}"
             )
         outputs, _, timing, _ = await self._compute(model, items, deadline)
-        return Classified([head_scores(model, h, outputs, top_k) for h in wanted], timing)
+        scores = split_heads(model, outputs)
+        return Classified([head_scores(model, h, scores[h], top_k) for h in wanted], timing)
+
+    async def infer(self, model: LoadedModel, items: list[Item],
+                    deadline: float | None = None) -> Inferred:  # fmt: skip
+        outputs, _, timing, _ = await self._compute(model, items, deadline)
+        features = np.ascontiguousarray(outputs[:, : model.manifest.dim], np.float32)
+        scores = {h: np.ascontiguousarray(v, np.float32)
+                  for h, v in split_heads(model, outputs).items()}  # fmt: skip
+        return Inferred(features, scores, timing)
 
     async def _compute(self, model: LoadedModel, items: list[Item], deadline: float | None
                        ) -> tuple[np.ndarray, list[bool], Timing, int]:  # fmt: skip

@@ -18,13 +18,16 @@ from embedder.engine.engine import Engine
 from embedder.serving.auth import BearerTokenInterceptor
 from embedder.serving.config import ServerConfig
 from embedder.serving.http import HttpDoor
+from embedder.serving.kserve_grpc import KServeServicer
 from embedder.serving.servicer import EmbedderServicer
 from protos.embedder.v1 import embedder_pb2 as pb
 from protos.embedder.v1 import embedder_pb2_grpc as pb_grpc
+from protos.inference.v2 import messages as v2
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Embedder"].full_name
+V2_SERVICE_NAME = v2.SERVICE
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -47,12 +50,30 @@ def _check_key_pair(cert: Path, key: Path) -> None:
         ) from exc
 
 
+def reflection_pool():
+    """Every served service's descriptors in one pool: KServe v2's live in a private pool (so
+    tritonclient can share the process), the others in protobuf's default one."""
+    from google.protobuf import descriptor_pb2, descriptor_pool
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    pool = descriptor_pool.DescriptorPool()
+    for module in (pb, health_pb2, reflection_pb2):
+        file = descriptor_pb2.FileDescriptorProto()
+        module.DESCRIPTOR.CopyToProto(file)
+        pool.Add(file)
+    file = descriptor_pb2.FileDescriptorProto()
+    v2.FILE.CopyToProto(file)
+    pool.Add(file)
+    return pool
+
+
 def http_door(engine: Engine, config: ServerConfig) -> HttpDoor:
     """The HTTP port with every protocol it speaks."""
-    from embedder.serving import openai
+    from embedder.serving import kserve_rest, openai
 
-    routes = openai.OpenAIRoutes(engine).routes()
-    return HttpDoor(engine, config, {"openai": openai.error_body}, routes)
+    routes = [*openai.OpenAIRoutes(engine).routes(), *kserve_rest.KServeRoutes(engine).routes()]
+    errors = {"openai": openai.error_body, "kserve-v2": kserve_rest.error_body}
+    return HttpDoor(engine, config, errors, routes)
 
 
 class EmbedderServer:
@@ -93,11 +114,13 @@ class EmbedderServer:
         self.server = grpc.aio.server(interceptors=interceptors, options=options)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         pb_grpc.add_EmbedderServicer_to_server(self.servicer, self.server)
-        for name in ("", SERVICE_NAME):
+        v2.add_servicer(KServeServicer(self.engine), self.server)
+        for name in ("", SERVICE_NAME, V2_SERVICE_NAME):
             await self.health.set(name, NOT_SERVING)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
+            (SERVICE_NAME, V2_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self.server, pool=reflection_pool(),
+        )  # fmt: skip
         credentials = self._credentials()
         try:
             if credentials:
@@ -121,7 +144,7 @@ class EmbedderServer:
                 await self.http.stop()
             await self.engine.close()
             raise
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE_NAME, V2_SERVICE_NAME):
             await self.health.set(name, SERVING)
         log.info("serving %d model(s) on port %d", len(self.engine.models), self.port)
         return self.port

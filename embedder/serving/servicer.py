@@ -18,7 +18,7 @@ from embedder.core.inputs import tensor_from_bytes
 from embedder.engine.engine import EmbedOptions, Engine, Timing, output_dim
 from embedder.engine.model import LoadedModel
 from embedder.serving.config import ServerConfig
-from embedder.serving.status import PROTOCOL, status_for, stream_rpc, unary_rpc
+from embedder.serving.status import status_for, stream_rpc, unary_rpc
 from protos.embedder.v1 import embedder_pb2 as pb
 from protos.embedder.v1 import embedder_pb2_grpc as pb_grpc
 
@@ -86,6 +86,8 @@ def model_info(model: LoadedModel, config: ServerConfig, engine: Engine) -> pb.M
 
 
 class EmbedderServicer(pb_grpc.EmbedderServicer):
+    protocol = "embedder.v1"
+
     def __init__(self, engine: Engine, config: ServerConfig):
         self.engine, self.config, self.metrics = engine, config, engine.metrics
 
@@ -180,7 +182,7 @@ class EmbedderServicer(pb_grpc.EmbedderServicer):
             return await task
         except Exception as exc:
             code = status_for(exc)
-            self.metrics.errors.labels(PROTOCOL, "EmbedStream/item", code.name).inc()
+            self.metrics.errors.labels(self.protocol, "EmbedStream/item", code.name).inc()
             return pb.EmbedResponse(
                 request_id=request_id, error=pb.Error(code=code.value[0], message=str(exc))
             )

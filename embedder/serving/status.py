@@ -1,4 +1,5 @@
-"""Domain errors -> gRPC status codes, applied to each servicer method (with request metrics).
+"""Domain errors -> gRPC status codes, applied to each servicer method (with request metrics,
+labelled by the servicer's `protocol`).
 
 A bad item (`InputError` with an index) also travels as a google.rpc.BadRequest field
 violation (`items[3].image`) in the status details, so clients find it without parsing text.
@@ -27,7 +28,6 @@ from embedder.core.errors import (
 )
 
 log = logging.getLogger(__name__)
-PROTOCOL = "embedder.v1"  # the metrics' protocol label of this door's methods
 MESSAGE_CHARS = 2000  # a status message beyond this is cut: gRPC sends it in the metadata
 
 _STATUS = (
@@ -56,7 +56,7 @@ async def _abort(servicer, method: str, exc: Exception, context) -> None:
         log.exception("%s failed", method, exc_info=exc)
     elif isinstance(exc, DecodeError):
         log.warning("%s: a malformed message: %s", method, exc)
-    servicer.metrics.errors.labels(PROTOCOL, method, code.name).inc()
+    servicer.metrics.errors.labels(servicer.protocol, method, code.name).inc()
     message = str(exc) if code is not grpc.StatusCode.INTERNAL else f"internal error: {exc!r}"
     if isinstance(exc, DecodeError):
         message = f"malformed message, not an {method} request: {exc}"
@@ -82,7 +82,7 @@ def _count_cancelled(servicer, method: str, context) -> None:
     """grpc cancels the handler when the client goes away or its deadline passes."""
     remaining = context.time_remaining()
     code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
-    servicer.metrics.errors.labels(PROTOCOL, method, code).inc()
+    servicer.metrics.errors.labels(servicer.protocol, method, code).inc()
 
 
 def unary_rpc(method):
@@ -91,7 +91,7 @@ def unary_rpc(method):
 
     @functools.wraps(method)
     async def wrapped(self, request, context):
-        self.metrics.requests.labels(PROTOCOL, name).inc()
+        self.metrics.requests.labels(self.protocol, name).inc()
         try:
             return await method(self, request, context)
         except asyncio.CancelledError:
@@ -109,7 +109,7 @@ def stream_rpc(method):
 
     @functools.wraps(method)
     async def wrapped(self, requests, context):
-        self.metrics.requests.labels(PROTOCOL, name).inc()
+        self.metrics.requests.labels(self.protocol, name).inc()
         try:
             async for response in method(self, requests, context):
                 yield response

@@ -4,7 +4,6 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from PIL import Image
 from server_helpers import running_server
 
 from embedder.cache import load_features
@@ -18,33 +17,6 @@ from heads.errors import FeatureError
 from heads.persist import save_head, scores_of
 from heads.publish import backbone_digest, publish
 from protos.embedder.v1 import embedder_pb2 as pb
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_repo, tmp_path_factory):
-    """Three colour classes as PNG files, embedded by tiny_image, two heads trained on them."""
-    root = tmp_path_factory.mktemp("colours")
-    rng = np.random.default_rng(0)
-    for label, colour in (
-        ("red", (200, 30, 30)),
-        ("green", (30, 200, 30)),
-        ("blue", (30, 30, 200)),
-    ):
-        (root / "images" / label).mkdir(parents=True)
-        for i in range(12):
-            pixels = np.clip(np.array(colour) + rng.integers(-60, 60, (40, 40, 3)), 0, 255)
-            Image.fromarray(pixels.astype(np.uint8)).save(root / "images" / label / f"{i}.png")
-    summary = export_features(
-        image_folder(root / "images", True),
-        FeaturesConfig(repo=tiny_repo, model="tiny_image", cache=root / "cache", progress=False),
-    )
-    features = load_features(summary.dataset)
-    backbone = {"model": "tiny_image", "version": "1", "digest": summary.dataset.name}
-    heads = {}
-    for kind in ("logreg", "linear_svc"):
-        head = train_head(features.X, features.y, HeadConfig(kind=kind, folds=3))
-        heads[kind] = save_head(head, root / kind, backbone, features.X.shape[1])
-    return root, summary.dataset, heads
 
 
 def test_published_classify_equals_sklearn(tiny_repo, trained, tmp_path):

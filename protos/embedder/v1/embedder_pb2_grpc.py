@@ -5,7 +5,7 @@ import warnings
 
 from protos.embedder.v1 import embedder_pb2 as protos_dot_embedder_dot_v1_dot_embedder__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.81.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

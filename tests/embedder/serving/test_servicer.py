@@ -254,11 +254,15 @@ def test_health_serving_and_reflection(tiny_server):
 
     with grpc.insecure_channel(tiny_server.target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        for service in ("", "embedder.v1.Embedder"):
+        for service in ("", "embedder.v1.Embedder", "inference.GRPCInferenceService"):
             status = health.Check(health_pb2.HealthCheckRequest(service=service)).status
             assert status == health_pb2.HealthCheckResponse.SERVING
-        services = ProtoReflectionDescriptorDatabase(channel).get_services()
-        assert "embedder.v1.Embedder" in services and "grpc.health.v1.Health" in services
+        database = ProtoReflectionDescriptorDatabase(channel)
+        services = database.get_services()
+        assert {"embedder.v1.Embedder", "grpc.health.v1.Health",
+                "inference.GRPCInferenceService"} <= set(services)  # fmt: skip
+        v2 = database.FindFileContainingSymbol("inference.GRPCInferenceService")  # as grpcurl does
+        assert "ModelInfer" in [m.name for m in v2.service[0].method]
 
 
 def test_message_over_the_limit(tiny_repo):
