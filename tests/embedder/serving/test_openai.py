@@ -141,3 +141,22 @@ def test_a_draining_server_answers_503(tiny_repo):
         client.embeddings.create(model="tiny_text", input="x")
     stopping.join(10)
     assert draining.value.status_code == 503 and "shutting down" in draining.value.message
+
+
+def test_tls_on_the_http_port(tiny_repo, tmp_path):
+    import ssl
+
+    import httpx2 as httpx  # the HTTP client the openai SDK is built on
+    from server_helpers import self_signed_cert
+
+    key, cert = self_signed_cert(tmp_path)
+    with running_server(tiny_repo, http_address="127.0.0.1:0", tls_cert=cert, tls_key=key,
+                        auth_token="t") as server:  # fmt: skip
+        client = openai.OpenAI(base_url=f"https://127.0.0.1:{server.server.http_port}/v1",
+                               api_key="t", max_retries=0,
+                               http_client=httpx.Client(verify=ssl.create_default_context(cafile=str(cert))))  # fmt: skip
+        assert len(client.embeddings.create(model="tiny_text", input="x").data[0].embedding) == 32
+        plain = openai.OpenAI(base_url=f"http://127.0.0.1:{server.server.http_port}/v1",
+                              api_key="t", max_retries=0)  # fmt: skip
+        with pytest.raises(openai.APIConnectionError):
+            plain.embeddings.create(model="tiny_text", input="x")
