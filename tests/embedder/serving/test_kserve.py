@@ -205,3 +205,33 @@ def test_a_full_queue_is_refused_on_every_door(repo):
             ).embeddings.create(model="tiny_image", input=["data:image/png;base64,AAAA"] * 2)
         waiting.join(10)
     assert refusals == ["StatusCode.RESOURCE_EXHAUSTED", "429"]
+
+
+def test_typed_contents_and_plain_json_give_the_same_answers(server):
+    """The forms other clients use: typed contents over gRPC, JSON `data` over REST."""
+    import grpc
+
+    from protos.inference.v2 import messages as v2
+
+    with EmbedderClient(server.target) as reference:
+        expected = reference.embed_texts("tiny_text", [t.decode() for t in TEXTS])
+    tensor = v2.ModelInferRequest.InferInputTensor(name="text", datatype="BYTES", shape=[2])
+    tensor.contents.bytes_contents.extend(TEXTS)
+    with grpc.insecure_channel(server.target) as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                    request_serializer=v2.ModelInferRequest.SerializeToString,
+                                    response_deserializer=v2.ModelInferResponse.FromString)  # fmt: skip
+        answer = infer(v2.ModelInferRequest(model_name="tiny_text", inputs=[tensor]), timeout=10)
+    typed = np.frombuffer(answer.raw_output_contents[0], "<f4").reshape(
+        list(answer.outputs[0].shape)
+    )
+    np.testing.assert_allclose(typed, expected, atol=1e-5)
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2],
+                        "data": [t.decode() for t in TEXTS]}]}  # fmt: skip
+    url = f"http://127.0.0.1:{server.server.http_port}/v2/models/tiny_text/infer"
+    request = urllib.request.Request(url, json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})  # fmt: skip
+    answer = json.loads(urllib.request.urlopen(request).read())
+    (output,) = answer["outputs"]
+    assert output["name"] == "embedding" and output["shape"] == [2, 32]
+    np.testing.assert_allclose(np.reshape(output["data"], (2, 32)), expected, atol=1e-5)
