@@ -28,7 +28,8 @@ def format_table(rows: list[dict[str, object]]) -> str:
 
 def result_row(result: ExportResult) -> dict[str, object]:
     m = result.manifest
-    variants = ", ".join(f"{k} cos {v.cosine_to_fp32_min:.4f}" for k, v in m.variants.items())
+    variants = "; ".join(f"{k} cos {v.cosine_to_fp32_min:.4f}, {v.gate_summary()}"
+                         for k, v in m.variants.items())  # fmt: skip
     return {
         "name": m.name,
         "modality": m.modality,

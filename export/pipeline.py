@@ -26,6 +26,7 @@ from embedder.core.manifest import (
 
 from .config import PretrainedCfg
 from .errors import ParityError, SanityCheckError, UnknownLayerError, VersionExistsError
+from .fidelity import embed, probe_sets
 from .registry import resolve
 from .samples import SAMPLE_SENTENCES, sample_pixels
 from .variants import build_variant
@@ -142,7 +143,10 @@ def _export_into(staging, config, pcfg, backbone, layer, name, started) -> Manif
     features, diff = check_parity(session, backbone, inputs, layer, config.parity_tolerance)
     is_default_cut = layer == backbone.default_layer
     sanity = check_sanity(backbone, pcfg) if config.check_sanity and is_default_cut else {}
-    variants = {v: build_variant(v, staging, inputs, features) for v in config.variants}
+    probes = probe_sets(backbone) if config.variants else []
+    for p in probes:  # the fp32 embeddings every variant is measured against
+        p.fp32 = embed(session, p.feeds)
+    variants = {v: build_variant(v, staging, inputs, features, probes) for v in config.variants}
     for filename, src in backbone.extra_files.items():
         shutil.copyfile(src, staging / filename)
     preprocess = backbone.preprocess

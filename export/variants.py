@@ -15,14 +15,9 @@ import onnx
 from embedder.core.manifest import Variant, sha256_file
 
 from .errors import ExportError
+from .fidelity import cosine_rows, gate
 
 VARIANTS = ("fp16", "int8")
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return (a * b).sum(1) / np.maximum(norms, 1e-12)
 
 
 def _resize_size_nodes(graph: onnx.GraphProto) -> list[str]:
@@ -75,9 +70,10 @@ def make_int8(src: Path, dst: Path) -> None:
         root.setLevel(level)
 
 
-def build_variant(
-    kind: str, folder: Path, inputs: dict[str, np.ndarray], fp32: np.ndarray
-) -> Variant:
+def build_variant(kind: str, folder: Path, inputs: dict[str, np.ndarray], fp32: np.ndarray,
+                  probes: list | None = None) -> Variant:  # fmt: skip
+    """The variant's file, its cosine to fp32 on the sample inputs and, given probe sets
+    (export/fidelity.py), its fidelity gate."""
     if kind not in VARIANTS:
         raise ExportError(f"unknown variant {kind!r}; choose from {', '.join(VARIANTS)}")
     import onnxruntime as ort
@@ -94,4 +90,5 @@ def build_variant(
         cosine_to_fp32_min=float(cos.min()),
         cosine_to_fp32_mean=float(cos.mean()),
         intended_for="CUDA" if kind == "fp16" else "CPU",
+        gate=gate(probes, session) if probes else {},
     )

@@ -27,6 +27,18 @@ def write_output(path: Path, ids: list[str], embeddings: np.ndarray) -> None:
         raise EmbedderError(f"output {path}: use a .npy or .parquet file name")
 
 
+def served_gate(info) -> str:
+    """The fidelity gate of the file the server runs (fp32 is the reference: none)."""
+    import json
+
+    from embedder.core.manifest import Manifest
+
+    if info.precision == "fp32":
+        return "fp32"
+    variant = Manifest.from_dict(json.loads(info.manifest_json)).variants.get(info.precision)
+    return variant.gate_summary() if variant else "-"
+
+
 def client_main(argv: list[str] | None = None) -> int:
     import grpc
 
@@ -55,9 +67,8 @@ def client_main(argv: list[str] | None = None) -> int:
         with EmbedderClient(args.server, token=args.token, root_cert=root_cert) as client:
             if args.command == "models":
                 for m in client.list_models():
-                    print(
-                        f"{m.name}/{m.version}\t{m.modality}\t{m.dim}\t{m.precision}\t{','.join(m.providers)}"
-                    )
+                    print(f"{m.name}/{m.version}\t{m.modality}\t{m.dim}\t{m.precision}\t"
+                          f"{','.join(m.providers)}\t{served_gate(m)}")  # fmt: skip
                 return 0
             options = dict(
                 normalize=args.normalize, truncate_dim=args.truncate_dim, batch_size=args.batch_size

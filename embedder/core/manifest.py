@@ -82,9 +82,22 @@ class Variant:
     file: str
     sha256: str
     precision: Literal["fp16", "int8"]
-    cosine_to_fp32_min: float
+    cosine_to_fp32_min: float  # on the export's sample inputs
     cosine_to_fp32_mean: float
     intended_for: str
+    # The fidelity gate measured at export on packaged labelled data (export/fidelity.py):
+    # passed, cosine_min, probe_change_points, knn10_overlap, and each probe set's figures.
+    gate: dict = field(default_factory=dict)
+
+    def gate_summary(self) -> str:
+        """One line for tables, `embedder-client models` and warnings."""
+        g = self.gate
+        if not g:
+            return "no fidelity gate recorded (exported before gates; re-export to measure)"
+        verdict = "passed" if g["passed"] else "FAILED"
+        probe, overlap = g["probe_change_points"], g["knn10_overlap"]
+        return (f"fidelity gate {verdict}: cosine min {g['cosine_min']:.4f}, linear probe "
+                f"{probe:+.1f} pt, 10-NN overlap {overlap:.2f}")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -201,6 +201,11 @@ def open_session(folder: Path, manifest: Manifest, config: SessionConfig | None 
             session = ort.InferenceSession(str(folder / filename), options, providers=[CPU])
             in_use = session.get_providers()
     log.info("%s/%s: %s on %s", manifest.name, manifest.version, filename, in_use)
+    variant = manifest.variants.get(precision)
+    if variant is not None and variant.gate and not variant.gate["passed"]:
+        name, summary = f"{manifest.name}/{manifest.version}", variant.gate_summary()
+        log.warning("%s: serving the %s file, whose %s; check it against your task or serve "
+                    "fp32", name, precision, summary)  # fmt: skip
     model = ModelSession(manifest, folder, session, in_use, precision)
     if model.on_gpu and manifest.modality == "image":
         model.batch_buckets = buckets or batch_buckets(DEFAULT_MAX_BATCH)

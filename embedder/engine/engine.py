@@ -84,6 +84,10 @@ def raw_item(index: int, item: Any) -> RawItem:
     if isinstance(item, bytes | bytearray | memoryview):
         return RawItem("image", bytes(item))
     if isinstance(item, str):
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate (JSON's "\\ud800")
+            raise InputError(f"not valid Unicode: {exc.reason}", index, "text") from exc
         return RawItem("text", item)
     if isinstance(item, np.ndarray):
         return RawItem("tensor", item)
@@ -139,6 +143,7 @@ class Engine:
         self.repository: ModelRepository | None = None
         self.models: dict[ModelSession, LoadedModel] = {}
         self.accepting = True
+        self.started = False  # batchers running: warm-up done
         self._pool = ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="preprocess")
 
     def load(self) -> ModelRepository:
@@ -147,12 +152,13 @@ class Engine:
         c = self.config
         buckets = batch_buckets(c.batching.max_batch_size)
         repository = ModelRepository.load(c.repository, c.session, buckets)
+        models = {}  # filled aside: requests may list self.models meanwhile
         for session in repository.all():
             try:
-                self.models[session] = LoadedModel(session, c, self.metrics)
+                models[session] = LoadedModel(session, c, self.metrics)
             except Exception as exc:
                 repository.refuse(session, exc)
-        self.repository = repository
+        self.models, self.repository = models, repository
         return repository
 
     def warm_up(self) -> None:
@@ -162,6 +168,7 @@ class Engine:
     def start(self) -> None:
         for model in self.models.values():
             model.batcher.start()
+        self.started = True
 
     def refuse_new_work(self) -> None:
         self.accepting = False
@@ -174,8 +181,8 @@ class Engine:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def ready(self) -> bool:
-        """Models loaded and new work taken (KServe readiness; health answers the same)."""
-        return self.repository is not None and self.accepting
+        """Models loaded, warmed up and new work taken (KServe readiness, as gRPC health)."""
+        return self.started and self.accepting
 
     def versions(self, name: str) -> list[str]:
         """The loaded versions of model `name`."""
@@ -184,7 +191,7 @@ class Engine:
     def model(self, name: str, version: str = "") -> LoadedModel:
         if not self.accepting:
             raise NotReadyError("the server is shutting down; send new requests to another one")
-        if self.repository is None:
+        if not self.started:
             raise NotReadyError("the server is still loading its models; retry shortly")
         return self.models[self.repository.get(name, version)]
 

@@ -27,8 +27,12 @@ class ServerEngine:
         if not config.server:
             raise EmbedderError("engine 'server' needs --server host:port")
         self.config = config
-        with EmbedderClient(config.server) as client:
-            info = client.model_info(config.model, config.version)
+        try:
+            with EmbedderClient(config.server) as client:
+                info = client.model_info(config.model, config.version)
+        except grpc.RpcError as exc:
+            raise EmbedderError(f"server {config.server}: {exc.code().name}: {exc.details()}; "
+                                "is embedder-serve running there?") from exc  # fmt: skip
         self.manifest = Manifest.from_dict(json.loads(info.manifest_json))
         self.identity = CacheIdentity.of(self.manifest, self.manifest.file_sha256(info.precision))
         self.max_bytes = info.batching.max_message_bytes

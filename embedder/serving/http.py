@@ -7,6 +7,7 @@ Each protocol maps engine errors to its own status codes and error bodies (`ERRO
 
 from __future__ import annotations
 
+import hmac
 import logging
 import ssl
 from collections.abc import Callable
@@ -79,6 +80,9 @@ class HttpDoor:
 
     async def start(self) -> int:
         host, _, port = self.config.http_address.rpartition(":")
+        if not port.isdigit():
+            raise EmbedderError(f"--http-address {self.config.http_address!r}: give HOST:PORT, "
+                                "e.g. 127.0.0.1:8080")  # fmt: skip
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host.strip("[]") or "127.0.0.1", int(port),
@@ -110,7 +114,7 @@ class HttpDoor:
     async def _middleware(self, request: web.Request, handler) -> web.StreamResponse:
         protocol = protocol_of(request.path)
         route = request.match_info.route.resource
-        method = route.canonical if route is not None else request.path
+        method = route.canonical if route is not None else "unmatched"  # bounded label values
         metrics = self.engine.metrics
         metrics.requests.labels(protocol, method).inc()
         try:
@@ -128,7 +132,7 @@ class HttpDoor:
             status, message, failure = http_status(exc), str(exc), exc
             if status == 500:
                 log.exception("%s %s failed", request.method, request.path, exc_info=exc)
-                message = f"internal error: {exc!r}"
+                message = "internal error; the server's log has the details"
         metrics.errors.labels(protocol, method, str(status)).inc()
         body = self.error_bodies[protocol](status, shorten(message, MESSAGE_CHARS), failure)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
@@ -136,10 +140,10 @@ class HttpDoor:
 
     def _check_auth(self, request: web.Request) -> None:
         token = self.config.auth_token
-        if not token:
+        if not token or request.path.startswith("/v2/health/"):  # probes, as on the gRPC port
             return
         given = request.headers.get("Authorization", "")
-        if given != f"Bearer {token}":
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise HttpError(401, "missing or wrong bearer token: send 'Authorization: Bearer "
                                  "<token>' (the OpenAI SDK's api_key)")  # fmt: skip
 
@@ -148,8 +152,8 @@ async def json_body(request: web.Request) -> dict:
     """The request's JSON object, or a 400 that says what is wrong with it."""
     try:
         body = await request.json()
-    except ValueError as exc:
-        raise HttpError(400, f"the body is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise HttpError(400, f"the body is not JSON: {exc!r}") from exc
     if not isinstance(body, dict):
         raise HttpError(400, f"the body is a JSON {type(body).__name__}, not an object")
     return body

@@ -35,10 +35,35 @@ class Tensor:
     parameters: dict = field(default_factory=dict)
 
 
-def decode_bytes(raw: bytes, name: str) -> list[bytes]:
-    """BYTES elements of a raw buffer: each a 4-byte little-endian length, then its bytes."""
+MAX_ELEMENTS = 1 << 31  # of one tensor; the message size limit bounds real requests first
+
+
+def checked_spec(name, datatype, shape) -> tuple[str, str, list[int], int]:
+    """A tensor's name, datatype and shape as the protocol allows them, and its element count;
+    anything else is the caller's InputError."""
+    if not isinstance(name, str) or not isinstance(datatype, str):
+        raise InputError("an input's name and datatype must be strings")
+    if datatype != "BYTES" and datatype not in NUMPY:
+        raise InputError(f"input {name!r}: unknown datatype {datatype!r}")
+    if not isinstance(shape, list | tuple) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InputError(f"input {name!r}: shape must be a list of sizes >= 0, not {shape!r}")
+    count = 1
+    for d in shape:  # Python ints: no overflow to 0 on absurd shapes
+        count *= d
+    if count > MAX_ELEMENTS:
+        raise InputError(f"input {name!r}: shape {list(shape)} holds too many elements")
+    return name, datatype, list(shape), count
+
+
+def decode_bytes(raw: bytes, name: str, count: int) -> list[bytes]:
+    """`count` BYTES elements of a raw buffer: each a 4-byte little-endian length, then its
+    bytes; more or fewer is the caller's error (found before reading far past `count`)."""
     out, at = [], 0
     while at < len(raw):
+        if len(out) == count:
+            raise InputError(f"input {name!r}: more BYTES elements than its shape holds")
         if at + 4 > len(raw):
             raise InputError(f"input {name!r}: a BYTES length prefix is cut short")
         (size,) = struct.unpack_from("<I", raw, at)
@@ -46,6 +71,8 @@ def decode_bytes(raw: bytes, name: str) -> list[bytes]:
             raise InputError(f"input {name!r}: a BYTES element runs past the data")
         out.append(raw[at + 4 : at + 4 + size])
         at += 4 + size
+    if len(out) != count:
+        raise InputError(f"input {name!r}: {len(out)} BYTES elements for {count} in its shape")
     return out
 
 
@@ -53,13 +80,23 @@ def encode_bytes(items: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(b)) + b for b in items)
 
 
-def numbers(raw: bytes, datatype: str, shape: list[int], name: str) -> np.ndarray:
+def numbers(raw: bytes, datatype: str, shape: list[int], count: int, name: str) -> np.ndarray:
     """A numeric tensor from little-endian bytes, checked against its shape."""
     dtype = np.dtype(NUMPY[datatype]).newbyteorder("<")
-    count = int(np.prod(shape)) if shape else 1
     if count * dtype.itemsize != len(raw):
         raise InputError(f"input {name!r}: {len(raw)} bytes do not hold {datatype}{shape}")
     return np.frombuffer(raw, dtype).reshape(shape)
+
+
+def values(data, datatype: str, shape: list[int], count: int, name: str) -> np.ndarray:
+    """A numeric tensor from a list of numbers (JSON data, typed contents)."""
+    try:
+        array = np.asarray(data, NUMPY[datatype])
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InputError(f"input {name!r}: the data are not {datatype} values ({exc})") from exc
+    if array.ndim != 1 or array.size != count:
+        raise InputError(f"input {name!r}: {array.size} values for shape {shape}")
+    return array.reshape(shape)
 
 
 def model_metadata(model: LoadedModel, versions: list[str]) -> dict:

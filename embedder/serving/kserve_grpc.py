@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from embedder.core.errors import InputError
+from embedder.core.errors import InputError, MessageTooLargeError
 from embedder.engine.engine import Engine
 from embedder.serving import kserve
 from embedder.serving.status import unary_rpc
@@ -35,29 +35,31 @@ def parameter(value) -> v2.InferParameter:
     return v2.InferParameter(string_param=str(value))
 
 
-def input_tensors(request: v2.ModelInferRequest) -> list[kserve.Tensor]:
+def input_tensors(request) -> list[kserve.Tensor]:
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(request.inputs):
         raise InputError(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
     tensors = []
     for i, t in enumerate(request.inputs):
-        shape = list(t.shape)
-        if t.datatype not in CONTENTS:
-            raise InputError(f"input {t.name!r}: unknown datatype {t.datatype!r}")
-        if raw and t.datatype == "BYTES":
-            data = kserve.decode_bytes(raw[i], t.name)
+        name, datatype, shape, count = kserve.checked_spec(t.name, t.datatype, list(t.shape))
+        if datatype not in CONTENTS:
+            raise InputError(f"input {name!r}: {datatype} is not taken over gRPC")
+        if raw and datatype == "BYTES":
+            data = kserve.decode_bytes(raw[i], name, count)
         elif raw:
-            data = kserve.numbers(raw[i], t.datatype, shape, t.name)
-        elif t.datatype == "BYTES":
+            data = kserve.numbers(raw[i], datatype, shape, count, name)
+        elif datatype == "BYTES":
             data = list(t.contents.bytes_contents)
+            if len(data) != count:
+                raise InputError(f"input {name!r}: {len(data)} elements for shape {shape}")
         else:
-            values = getattr(t.contents, CONTENTS[t.datatype])
-            data = np.asarray(values, kserve.NUMPY[t.datatype])
-            if data.size != int(np.prod(shape)):
-                raise InputError(f"input {t.name!r}: {data.size} values for shape {shape}")
-            data = data.reshape(shape)
-        tensors.append(kserve.Tensor(t.name, t.datatype, shape, data))
+            contents = list(getattr(t.contents, CONTENTS[datatype]))
+            data = kserve.values(contents, datatype, shape, count, name)
+        tensors.append(kserve.Tensor(name, datatype, shape, data))
     return tensors
+
+
+ANSWER_OVERHEAD = 1024  # bytes of a ModelInferResponse besides its tensors
 
 
 class KServeServicer:
@@ -65,8 +67,9 @@ class KServeServicer:
 
     protocol = "kserve-v2"
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, max_message_bytes: int):
         self.engine, self.metrics = engine, engine.metrics
+        self.max_message_bytes = max_message_bytes
 
     @unary_rpc
     async def ServerLive(self, request, context) -> v2.ServerLiveResponse:
@@ -110,7 +113,9 @@ class KServeServicer:
         model = self.engine.model(request.model_name, request.model_version)
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
-        outputs = await kserve.infer(self.engine, model, input_tensors(request),
+        inputs = input_tensors(request)
+        self._check_answer_size(model, inputs)
+        outputs = await kserve.infer(self.engine, model, inputs,
                                      [o.name for o in request.outputs], deadline)  # fmt: skip
         m = model.manifest
         return v2.ModelInferResponse(
@@ -119,3 +124,14 @@ class KServeServicer:
                 name=t.name, datatype=t.datatype, shape=t.shape) for t in outputs],
             raw_output_contents=[np.ascontiguousarray(t.data, "<f4").tobytes() for t in outputs],
         )  # fmt: skip
+
+    def _check_answer_size(self, model, inputs: list[kserve.Tensor]) -> None:
+        """Refuse before any work a request whose answer would be over the message limit."""
+        n = inputs[0].shape[0] if inputs and inputs[0].shape else 0
+        floats = model.manifest.dim + sum(len(h.classes) for h in model.manifest.heads.values())
+        size = n * floats * 4 + ANSWER_OVERHEAD
+        if size > self.max_message_bytes:
+            raise MessageTooLargeError(
+                f"the answer to {n} items would be {size} bytes, over the server's message "
+                f"limit of {self.max_message_bytes}; send fewer items per request"
+            )

@@ -25,38 +25,74 @@ def error_body(status: int, message: str, exc: Exception) -> dict:
     return {"error": message}
 
 
+def _dict(value, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InputError(f"{what} must be a JSON object")
+    return value
+
+
 def _tensors(header: dict, binary: bytes) -> list[kserve.Tensor]:
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or not all(isinstance(t, dict) for t in inputs):
+        raise InputError("inputs must be a list of objects with name, datatype and shape")
     tensors, at = [], 0
-    for t in header.get("inputs") or []:
-        if not isinstance(t, dict) or not {"name", "datatype", "shape"} <= set(t):
-            raise InputError("each input needs name, datatype and shape")
-        name, datatype, shape = t["name"], t["datatype"], [int(d) for d in t["shape"]]
-        size = (t.get("parameters") or {}).get("binary_data_size")
+    for t in inputs:
+        name, datatype, shape, count = kserve.checked_spec(t.get("name"), t.get("datatype"),
+                                                           t.get("shape"))  # fmt: skip
+        size = _dict(t.get("parameters"), f"input {name!r}'s parameters").get("binary_data_size")
         if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise InputError(f"input {name!r}: binary_data_size must be a size in bytes")
             raw, at = binary[at : at + size], at + size
             if len(raw) != size:
                 raise InputError(f"input {name!r}: binary_data_size {size} runs past the body")
-            data = (kserve.decode_bytes(raw, name) if datatype == "BYTES"
-                    else kserve.numbers(raw, datatype, shape, name))  # fmt: skip
+            data = (kserve.decode_bytes(raw, name, count) if datatype == "BYTES"
+                    else kserve.numbers(raw, datatype, shape, count, name))  # fmt: skip
         elif datatype == "BYTES":
-            data = [v.encode() if isinstance(v, str) else v for v in _flat(t.get("data"))]
+            data = [_bytes(v, name) for v in _flat(t.get("data"))]
+            if len(data) != count:
+                raise InputError(f"input {name!r}: {len(data)} elements for shape {shape}")
         else:
-            if datatype not in kserve.NUMPY:
-                raise InputError(f"input {name!r}: unknown datatype {datatype!r}")
-            values = np.asarray(_flat(t.get("data")), kserve.NUMPY[datatype])
-            if values.size != int(np.prod(shape)):
-                raise InputError(f"input {name!r}: {values.size} values for shape {shape}")
-            data = values.reshape(shape)
+            data = kserve.values(_flat(t.get("data")), datatype, shape, count, name)
         tensors.append(kserve.Tensor(name, datatype, shape, data))
     return tensors
 
 
+def _bytes(value, name: str) -> bytes:
+    if isinstance(value, str):
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InputError(f"input {name!r}: a string that is not Unicode ({exc})") from exc
+    raise InputError(f"input {name!r}: BYTES data in JSON are strings")
+
+
 def _flat(data) -> list:
+    """A JSON data field, nested or flat, as a flat list."""
     if data is None:
         return []
-    if isinstance(data, list) and data and isinstance(data[0], list):
-        return [v for row in data for v in _flat(row)]
-    return list(data) if isinstance(data, list) else [data]
+    if not isinstance(data, list):
+        return [data]
+    out = []
+    for value in data:
+        out.extend(_flat(value) if isinstance(value, list) else [value])
+    return out
+
+
+def _requested(header: dict) -> tuple[list[str], bool]:
+    """The names of the outputs asked for, and whether any asked for binary data."""
+    outputs = header.get("outputs") or []
+    if not isinstance(outputs, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+    ):
+        raise InputError("outputs must be a list of objects with a name")
+    binary = bool(_dict(header.get("parameters"), "parameters").get("binary_data_output"))
+    for o in outputs:
+        binary |= bool(_dict(o.get("parameters"), f"output {o['name']!r}'s parameters")
+                       .get("binary_data", False))  # fmt: skip
+    return [o["name"] for o in outputs], binary
 
 
 class KServeRoutes:
@@ -103,20 +139,20 @@ class KServeRoutes:
     async def infer(self, request: web.Request) -> web.Response:
         model = self._model(request)
         body = await request.read()
-        length = int(request.headers.get(HEADER_LENGTH, len(body)))
+        length = request.headers.get(HEADER_LENGTH, str(len(body)))
+        if not length.isdigit() or int(length) > len(body):
+            raise HttpError(400, f"{HEADER_LENGTH} must be the JSON header's size in bytes, at "
+                                 f"most the body's {len(body)}")  # fmt: skip
+        length = int(length)
         try:
             header = json.loads(body[:length])
-        except ValueError as exc:
-            raise HttpError(400, f"the inference header is not JSON: {exc}") from exc
+        except (ValueError, RecursionError) as exc:
+            raise HttpError(400, f"the inference header is not JSON: {exc!r}") from exc
         if not isinstance(header, dict):
             raise HttpError(400, "the inference header must be a JSON object")
-        requested = header.get("outputs") or []
-        outputs = await kserve.infer(self.engine, model, _tensors(header, body[length:]),
-                                     [o["name"] for o in requested])  # fmt: skip
-        binary = bool((header.get("parameters") or {}).get("binary_data_output")) or any(
-            (o.get("parameters") or {}).get("binary_data", False) for o in requested
-        )
-        return self._answer(model, header.get("id", ""), outputs, binary)
+        names, binary = _requested(header)
+        outputs = await kserve.infer(self.engine, model, _tensors(header, body[length:]), names)
+        return self._answer(model, str(header.get("id", "")), outputs, binary)
 
     def _answer(self, model, request_id: str, outputs: list[kserve.Tensor],
                 binary: bool) -> web.Response:  # fmt: skip

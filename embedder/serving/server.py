@@ -114,7 +114,7 @@ class EmbedderServer:
         self.server = grpc.aio.server(interceptors=interceptors, options=options)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         pb_grpc.add_EmbedderServicer_to_server(self.servicer, self.server)
-        v2.add_servicer(KServeServicer(self.engine), self.server)
+        v2.add_servicer(KServeServicer(self.engine, c.max_message_bytes), self.server)
         for name in ("", SERVICE_NAME, V2_SERVICE_NAME):
             await self.health.set(name, NOT_SERVING)
         reflection.enable_server_reflection(

@@ -1,0 +1,131 @@
+"""The fidelity gate of a reduced-precision variant: did it change anything that matters?
+
+Measured at export against the fp32 graph, on labelled data that ships in packages:
+- the cosine of each embedding to fp32 (mean, min),
+- a linear probe (StandardScaler + LogisticRegression, 5-fold, fixed seed) trained on fp32 and
+  on variant features: the change of its accuracy in points,
+- how many of each item's 10 nearest neighbours (cosine) stay the same.
+A variant passes with cosine min >= 0.99, a probe change of at most 0.5 points down (or of
+two items of the probe set, when that is more: a smaller change cannot be told from the
+classifier's own noise on a few hundred items) and a neighbour overlap of at least 0.9, on
+every probe set. Text: 300 BBC News articles (every 7th, 5 classes), cut to 128 tokens.
+Images: faces vs non-faces (200) and 300 digits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+COSINE_MIN, PROBE_DROP_POINTS, KNN_OVERLAP = 0.99, 0.5, 0.9
+PROBE_TOKENS = 128
+
+
+@dataclass
+class ProbeSet:
+    """One labelled set ready for a graph, and its fp32 embeddings."""
+
+    name: str
+    feeds: list[dict[str, np.ndarray]]  # batches
+    labels: np.ndarray
+    fp32: np.ndarray | None = None
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(1) / np.maximum(norms, 1e-12)
+
+
+def embed(session, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+    return np.concatenate([session.run(["features"], f)[0] for f in feeds]).astype(np.float64)
+
+
+def probe_sets(backbone, batch: int = 32) -> list[ProbeSet]:
+    """The labelled sets of the backbone's modality, preprocessed as the model is served."""
+    if backbone.modality == "text":
+        from embedder.core.preprocess import TextTokenizer
+        from heads.datasets import bbc_news
+
+        texts, labels = bbc_news()
+        texts, labels = texts[::7][:300], labels[::7][:300]
+        length = min(PROBE_TOKENS, backbone.preprocess.max_length)  # the model may take fewer
+        cfg = replace(backbone.preprocess, max_length=length, truncation=True)
+        tokenizer = TextTokenizer(backbone.extra_files[cfg.tokenizer_file], cfg)
+        feeds = [tokenizer(texts[i : i + batch]) for i in range(0, len(texts), batch)]
+        return [ProbeSet("bbc_news", feeds, np.asarray(labels))]
+    return [_images("faces", *_faces(), backbone, batch),
+            _images("digits", *_digits(), backbone, batch)]  # fmt: skip
+
+
+def _faces() -> tuple[np.ndarray, np.ndarray]:
+    import skimage.data
+
+    gray = (skimage.data.lfw_subset() * 255).round().astype(np.uint8)
+    return gray, np.array(["face"] * 100 + ["nonface"] * 100)
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    pixels = (bunch.images[::6][:300] * (255 / 16)).round().astype(np.uint8)
+    return pixels, bunch.target[::6][:300].astype(str)
+
+
+def _images(name: str, gray: np.ndarray, labels: np.ndarray, backbone, batch: int) -> ProbeSet:
+    from embedder.core.preprocess import image_to_pixels
+
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    pixels = np.stack([image_to_pixels(img, backbone.preprocess) for img in rgb])
+    feeds = [{"pixels": pixels[i : i + batch]} for i in range(0, len(pixels), batch)]
+    return ProbeSet(name, feeds, labels)
+
+
+def probe_accuracy(X: np.ndarray, y: np.ndarray) -> float:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=2000))
+    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    return float(cross_val_score(model, X, y, cv=folds).mean())
+
+
+def knn_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
+    """Mean share of each row's k nearest rows (cosine) that a and b have in common."""
+
+    def neighbours(x: np.ndarray) -> np.ndarray:
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        similarity = x @ x.T
+        np.fill_diagonal(similarity, -np.inf)
+        return np.argsort(-similarity, axis=1)[:, :k]
+
+    na, nb = neighbours(a), neighbours(b)
+    return float(np.mean([len(set(r) & set(s)) / k for r, s in zip(na, nb, strict=True)]))
+
+
+def gate(probes: list[ProbeSet], variant_session) -> dict:
+    """The variant's figures on every probe set; the worst of them decide."""
+    rows = []
+    for p in probes:
+        out = embed(variant_session, p.feeds)
+        cos = cosine_rows(out, p.fp32)
+        base, got = probe_accuracy(p.fp32, p.labels), probe_accuracy(out, p.labels)
+        allowed = max(PROBE_DROP_POINTS, 2 * 100 / len(p.labels))
+        rows.append({"probe": p.name, "items": len(p.labels), "cosine_min": float(cos.min()),
+                     "cosine_mean": float(cos.mean()), "probe_accuracy_fp32": base,
+                     "probe_accuracy": got, "probe_change_points": 100 * (got - base),
+                     "probe_allowed_drop_points": allowed,
+                     "knn10_overlap": knn_overlap(p.fp32, out)})  # fmt: skip
+    worst = {
+        "cosine_min": min(r["cosine_min"] for r in rows),
+        "probe_change_points": min(r["probe_change_points"] for r in rows),
+        "knn10_overlap": min(r["knn10_overlap"] for r in rows),
+    }
+    passed = all(r["cosine_min"] >= COSINE_MIN and r["knn10_overlap"] >= KNN_OVERLAP
+                 and r["probe_change_points"] >= -r["probe_allowed_drop_points"]
+                 for r in rows)  # fmt: skip
+    return {"passed": passed, **worst, "probes": rows}

@@ -1,0 +1,78 @@
+"""The fidelity gate: measured at export for every variant, shown to users, warned about."""
+
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+from server_helpers import running_server
+
+from embedder.core.manifest import Manifest
+from export.fidelity import embed, gate, knn_overlap, probe_sets
+
+
+def test_every_variant_of_an_export_carries_its_gate(tiny_repo):
+    manifest = Manifest.read(tiny_repo / "tiny_image" / "1")
+    g = manifest.variants["int8"].gate
+    assert {p["probe"] for p in g["probes"]} == {"faces", "digits"}
+    for p in g["probes"]:
+        assert p["items"] in (200, 300) and 0 <= p["probe_accuracy"] <= 1
+        assert p["probe_allowed_drop_points"] >= 0.5
+    worst = min(p["cosine_min"] for p in g["probes"])
+    assert g["cosine_min"] == worst and isinstance(g["passed"], bool)
+    assert "fidelity gate" in manifest.variants["int8"].gate_summary()
+
+
+def test_a_variant_that_changes_the_embeddings_fails_and_an_identical_one_passes(tiny_repo, cnn,
+                                                                                tmp_path):  # fmt: skip
+    """The tiny image model against itself, and against another network with other weights."""
+    from tiny_models import tiny_cnn
+
+    from export import ExportConfig, export_backbone
+    from export.generic import module_backbone_cfg
+
+    folder = tiny_repo / "tiny_image" / "1"
+    ours = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    other = tiny_cnn()
+    for parameter in other.parameters():
+        parameter.data.normal_(0, 0.5)
+    backbone, cfg = module_backbone_cfg(other, "other", Manifest.read(folder).preprocess)
+    export_backbone(ExportConfig("other", repo=tmp_path), backbone, cfg)
+    theirs = ort.InferenceSession(str(tmp_path / "other/1/model.onnx"),
+                                  providers=["CPUExecutionProvider"])  # fmt: skip
+
+    class Backbone:  # what probe_sets reads from an export's backbone
+        modality, preprocess = "image", Manifest.read(folder).preprocess
+
+    probes = probe_sets(Backbone())
+    for p in probes:
+        p.fp32 = embed(ours, p.feeds)
+    same = gate(probes, ours)
+    assert same["passed"] and same["cosine_min"] > 0.9999 and same["knn10_overlap"] == 1.0
+    changed = gate(probes, theirs)
+    assert not changed["passed"] and changed["cosine_min"] < 0.99
+
+
+def test_neighbour_overlap():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 8))
+    assert knn_overlap(x, x) == 1.0
+    assert knn_overlap(x, rng.normal(size=(50, 8))) < 0.5
+
+
+def test_serving_a_variant_that_failed_its_gate_warns_and_models_shows_it(tiny_repo, tmp_path,
+                                                                         caplog, capsys):  # fmt: skip
+    from embedder.client.cli import client_main
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo)
+    path = repo / "tiny_image" / "1" / "manifest.json"
+    raw = json.loads(path.read_text())
+    raw["variants"]["int8"]["gate"].update(passed=False, probe_change_points=-3.7)
+    path.write_text(json.dumps(raw))
+    with caplog.at_level("WARNING"), running_server(repo, cpu_precision="int8") as server:
+        assert client_main(["--server", server.target, "models"]) == 0
+    assert "tiny_image/1: serving the int8 file, whose fidelity gate FAILED" in caplog.text
+    assert "linear probe -3.7 pt" in caplog.text
+    shown = capsys.readouterr().out
+    assert "tiny_image/1\timage" in shown and "fidelity gate FAILED" in shown
