@@ -30,22 +30,24 @@ print("onnxruntime", ort.__version__, ort.get_available_providers())
 ort.print_debug_info()
 EOF
 
+steps=" ${STEPS:-fidelity serve gpu-tests export probe} "  # STEPS="serve export": only those
 step() {  # step SECONDS NAME command...: a hung step must not take the rest with it
     local limit=$1 name=$2
     shift 2
+    [[ $steps == *" $name "* ]] || return 0
     echo "=== $name ($(date +%T))"
     timeout "$limit" "$@"
     echo "=== $name: exit $? ($(date +%T))"
 }
 step 90 fidelity "$py" bench/gpu_fidelity.py check --repo "$models" --refs "$bundle/refs.npz" \
     --json "$out/fidelity.json"
-step 90 probe "$py" bench/gpu_probe.py --folder "$models/mobilenet_v2/1" --refs "$bundle/refs.npz" \
-    --json "$out/probe.json"
+step 240 serve "$py" bench/serve_bench.py --repo "$models" --provider cuda --seconds 3 \
+    --json "$out/serve.json" ${SERVE_ARGS:-}
 step 150 gpu-tests "$py" -m pytest -q -m gpu -p no:cacheprovider tests/embedder/core/test_gpu.py
-step 200 serve "$py" bench/serve_bench.py --repo "$models" --provider cuda --seconds 3 \
-    --json "$out/serve.json"
-step 150 export "$py" bench/export_bench.py --repo "$models" --provider cuda --images 3000 \
+step 180 export "$py" bench/export_bench.py --repo "$models" --provider cuda --images 3000 \
     --models mobilenet_v2 minilm_l6 --seconds 3 --json "$out/export.json"
+step 60 probe "$py" bench/gpu_probe.py --folder "$models/mobilenet_v2/1" --refs "$bundle/refs.npz" \
+    --json "$out/probe.json"
 "$py" - "$out" <<'EOF'
 import json, subprocess, sys
 from pathlib import Path

@@ -61,6 +61,18 @@ def cpu_seconds(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of process `pid` (Linux; empty elsewhere)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def timed_loop(call, seconds: float) -> list[float]:
     latencies, end = [], time.perf_counter() + seconds
     call()  # warm
@@ -164,11 +176,19 @@ async def _clients(target: str, request, clients: int, seconds: float, server_pi
     """`clients` concurrent callers on one asyncio client (one thread: cheap to drive).
     Returns the wall time, the latencies and the CPU both processes used meanwhile."""
     async with AsyncEmbedderClient(target) as client:
+        threads0, client0 = thread_cpu(server_pid), cpu_seconds()
         t0, cpu0 = time.perf_counter(), cpu_seconds() + cpu_seconds(server_pid)
         loops = (_client_loop(client, request, seconds) for _ in range(clients))
         per = await asyncio.gather(*loops)
         cpu = cpu_seconds() + cpu_seconds(server_pid) - cpu0
-        return time.perf_counter() - t0, [x for lat in per for x in lat], cpu
+        wall = time.perf_counter() - t0
+        threads = thread_cpu(server_pid)
+        busiest = max((threads[t] - threads0.get(t, 0.0) for t in threads), default=0.0)
+        loads = {
+            "server busiest thread": busiest / wall,
+            "client": (cpu_seconds() - client0) / wall,
+        }
+        return wall, [x for lat in per for x in lat], cpu, loads
 
 
 def service(target: str, server_pid: int, repo: Path, name: str, seconds: float,
@@ -177,8 +197,8 @@ def service(target: str, server_pid: int, repo: Path, name: str, seconds: float,
     rows = []
     for batch, clients in cells:
         request = embed_request(name, items_for(manifest, batch))
-        wall, lat, cpu = asyncio.run(_clients(target, request, clients, seconds, server_pid))
-        rows.append(row("service", batch, clients, batch * len(lat), wall, lat, cpu))
+        wall, lat, cpu, loads = asyncio.run(_clients(target, request, clients, seconds, server_pid))
+        rows.append(row("service", batch, clients, batch * len(lat), wall, lat, cpu) | loads)
     return rows
 
 
@@ -216,8 +236,8 @@ def start_server(args: argparse.Namespace) -> subprocess.Popen:
     raise RuntimeError(f"server did not start: {''.join(seen)!r}")
 
 
-HEADER = """| model | mode | batch | clients | items/s | p50 ms | p99 ms | vs {ceiling} | CPU core-ms / item | CPU bound |
-|---|---|---|---|---|---|---|---|---|---|"""
+HEADER = """| model | mode | batch | clients | items/s | p50 ms | p99 ms | vs {ceiling} | CPU core-ms / item | CPU bound | busiest server thread / client process, cores |
+|---|---|---|---|---|---|---|---|---|---|---|"""
 
 
 def main() -> None:
@@ -260,10 +280,12 @@ def main() -> None:
             rounds.append(rows)
         results[name] = median_rows(rounds, gpu)
         for r in results[name]:
+            busy = (f"{r['server busiest thread']:.2f} / {r['client']:.2f}"
+                    if "client" in r else "")  # fmt: skip
             print(
                 f"| {name} | {r['mode']} | {r['batch']} | {r['clients']} | {r['items/s']:.1f} | "
                 f"{r['p50 ms']:.1f} | {r['p99 ms']:.1f} | {r['vs']:.2f} | {r['cpu ms']:.2f} | "
-                f"{r['bound']:.2f} |"
+                f"{r['bound']:.2f} | {busy} |"
             )
     if args.json:
         settings = {k: v for k, v in vars(args).items() if k not in ("json", "repo")}
@@ -279,6 +301,7 @@ def median_rows(rounds: list[list[dict]], gpu: bool = False) -> list[dict]:
     with inputs and output kept on the device."""
     cores = len(os.sched_getaffinity(0))
     keys = ["items/s", "p50 ms", "p99 ms", "vs", "cpu ms", "bound"] + (["vs device"] if gpu else [])
+    loads = ["server busiest thread", "client"]
     for rows in rounds:
         if gpu:
             ceiling = max(r["items/s"] for r in rows if r["mode"] == RAW_HOST and r["batch"] == 64)
@@ -294,6 +317,7 @@ def median_rows(rounds: list[list[dict]], gpu: bool = False) -> list[dict]:
         {
             **cells[0],
             **{k: float(np.median([c[k] for c in cells])) for k in keys},
+            **{k: float(np.median([c[k] for c in cells])) for k in loads if k in cells[0]},
         }  # fmt: skip
         for cells in zip(*rounds, strict=True)
     ]

@@ -7,7 +7,7 @@ back to CPU silently when CUDA cannot start, and a server must not claim a GPU i
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -68,11 +68,13 @@ class ModelSession:
     session: object  # onnxruntime.InferenceSession
     providers: list[str]
     precision: str
-    # On a GPU, an image model's batch is padded up to the next of these sizes. cuDNN builds
-    # its convolution plans per input shape, measured at 3-4 s for each new batch size of
-    # MobileNetV2 on an H200: a dynamic batcher would pay that on live requests for every
-    # size from 1 to its maximum. With buckets the shapes are few and warmed up at start.
+    # On a GPU, an image model's batch is padded up to the next of these sizes, and each size
+    # runs on its own session. onnxruntime's CUDA convolution keeps the cuDNN plan of the last
+    # input shape only, and building one took 0.6-4 s per MobileNetV2 batch size on an H200:
+    # one session fed alternating sizes re-planned on every change (64 single-image clients:
+    # 18 img/s, 2.2 s per call). One session per size sees one shape; all warm up at start.
     batch_buckets: tuple[int, ...] = ()
+    bucket_sessions: dict[int, object] = field(default_factory=dict)
     # A text model's batch runs in parts of at most this many padded tokens (batch_parts.py).
     max_batch_tokens: int = 0
 
@@ -114,12 +116,13 @@ class ModelSession:
         size = next((b for b in self.batch_buckets if b >= n), n)
         if size > n:
             feeds = _pad_rows(feeds, size)
-        binding = self.session.io_binding()  # IO binding: inputs copied once, outputs fetched once
+        session = self.bucket_sessions.get(size, self.session)
+        binding = session.io_binding()  # IO binding: inputs copied once, outputs fetched once
         for name, value in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
         for name in names:
             binding.bind_output(name, "cpu")
-        self.session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         return [out[:n] for out in binding.copy_outputs_to_cpu()]
 
 
@@ -184,9 +187,8 @@ def open_session(folder: Path, manifest: Manifest, config: SessionConfig | None 
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     manifest.verify(folder, (precision,))
-    session = ort.InferenceSession(
-        str(folder / filename), options, providers=provider_options(chain, folder)
-    )
+    providers = provider_options(chain, folder)
+    session = ort.InferenceSession(str(folder / filename), options, providers=providers)
     in_use = session.get_providers()
     _check_placement(manifest.name, config.provider, in_use)
     if in_use[0] == CPU and chain[0] != CPU:  # auto, and the GPU did not start
@@ -209,6 +211,10 @@ def open_session(folder: Path, manifest: Manifest, config: SessionConfig | None 
     model = ModelSession(manifest, folder, session, in_use, precision)
     if model.on_gpu and manifest.modality == "image":
         model.batch_buckets = buckets or batch_buckets(DEFAULT_MAX_BATCH)
+        model.bucket_sessions = {  # the largest size runs on `session`
+            size: ort.InferenceSession(str(folder / filename), options, providers=providers)
+            for size in model.batch_buckets[:-1]
+        }
     if manifest.modality == "text":  # automatic (0): a budget on a CPU, none on a GPU
         model.max_batch_tokens = config.max_batch_tokens or (
             0 if model.on_gpu else CPU_BATCH_TOKENS

@@ -19,6 +19,7 @@ from embedder.client import EmbedderClient, image_item
 from embedder.core.config import SessionConfig
 from embedder.core.manifest import Manifest
 from embedder.core.runtime import CPU, CUDA, open_session, provider_options
+from embedder.engine.config import GPU_STREAMS
 from protos.embedder.v1 import embedder_pb2 as pb
 
 pytestmark = [
@@ -89,6 +90,20 @@ def test_io_binding_equals_a_plain_run(gpu_repo, name):
     np.testing.assert_allclose(bound, plain, rtol=0, atol=1e-6)
 
 
+def test_each_image_batch_size_runs_on_its_own_cuda_session(gpu_repo):
+    """onnxruntime's CUDA convolution keeps the cuDNN plan of the last input shape only: sizes
+    alternating on one session re-planned on every change. Each bucket has its session."""
+    folder = gpu_repo / "tiny_image" / "1"
+    s = open_session(folder, Manifest.read(folder), SessionConfig(provider="cuda"), (1, 4, 8))
+    assert sorted(s.bucket_sessions) == [1, 4]
+    assert all(x.get_providers()[0] == CUDA for x in s.bucket_sessions.values())
+    whole = s.features(feeds(s, 8))
+    for n in (1, 3, 8, 2, 5, 1):  # padded to 1, 4, 8, 4, 8, 1
+        part = s.features({k: v[:n] for k, v in feeds(s, 8).items()})
+        assert part.shape == (n, whole.shape[1])
+        assert cosine(part, whole[:n]).min() >= 0.9999
+
+
 def test_compute_nodes_run_on_cuda(gpu_repo, tmp_path):
     """get_providers() lists what was registered, not where nodes run: read the profile."""
     folder = gpu_repo / "tiny_image" / "1"
@@ -115,7 +130,7 @@ def test_the_server_reports_cuda_and_serves_fp16(gpu_repo):
     with running_server(gpu_repo, provider="cuda") as server, EmbedderClient(server.target) as c:
         info = c.stub.GetModel(pb.GetModelRequest(model="tiny_image"))
         assert list(info.providers)[0] == CUDA and info.precision == "fp16"
-        assert info.batching.inference_streams == 1
+        assert info.batching.inference_streams == GPU_STREAMS  # copies overlap compute
         got = c.embed(pb.EmbedRequest(model="tiny_image", items=[image_item(p) for p in pixels]))
     assert cosine(got.embeddings, cpu.features({"pixels": pixels})).min() >= 0.9999
 
