@@ -12,18 +12,17 @@ import os
 import shutil
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import export_bench as eb
 from ort_cuda import host_io, ready_inputs
 
 from embedder.core.inputs import Preprocessor
-from embedder.core.manifest import Manifest
 from embedder.core.repository import model_folder
 from embedder.features import FeaturesConfig
 from embedder.features.local import open_model
-from embedder.features.prepare import make_preparer
+from embedder.features.prepare import make_preparer, prepare_in_worker, process_pool
 from embedder.features.sources import image_folder, text_table
 
 
@@ -39,28 +38,14 @@ def cpu_bound(config: FeaturesConfig, items: list, cores: int) -> float:
         return len(items) / (time.perf_counter() - started)
 
 
-_worker_prepare = None
-
-
-def _start_worker(config: FeaturesConfig) -> None:
-    global _worker_prepare
-    folder = model_folder(config.repo, config.model, config.version)
-    manifest = Manifest.read(folder)
-    pre = Preprocessor(manifest, folder, config.max_image_pixels)
-    _worker_prepare = make_preparer(manifest, pre, set())
-
-
-def _prepare_chunk(chunk: list) -> list:
-    return [_worker_prepare(item).array for item in chunk]
-
-
 def cpu_bound_processes(config: FeaturesConfig, items: list, cores: int) -> float:
-    """The same work on `cores` worker processes, arrays sent back: is the thread pool GIL-bound?"""
+    """The same work on `cores` worker processes (batch export's own pool), arrays sent back."""
     chunks = [items[i : i + 8] for i in range(0, len(items), 8)]
-    with ProcessPoolExecutor(cores, initializer=_start_worker, initargs=(config,)) as pool:
-        list(pool.map(_prepare_chunk, chunks[:cores]))  # workers started and warm
+    folder = model_folder(config.repo, config.model, config.version)
+    with process_pool(folder, config.max_image_pixels, set(), cores) as pool:
+        list(pool.map(prepare_in_worker, chunks[:cores]))  # workers started and warm
         started = time.perf_counter()
-        list(pool.map(_prepare_chunk, chunks))
+        list(pool.map(prepare_in_worker, chunks))
         return len(items) / (time.perf_counter() - started)
 
 

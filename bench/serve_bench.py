@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -226,6 +227,7 @@ def start_server(args: argparse.Namespace) -> subprocess.Popen:
         str(args.intra_op_threads),
         "--log-level",
         "WARNING",
+        *shlex.split(args.serve_args),
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     seen = []  # onnxruntime's DLL preloading may print before the server's line
@@ -256,6 +258,8 @@ def main() -> None:
     p.add_argument("--inference-streams", type=int, default=BatchingConfig.inference_streams)
     p.add_argument("--intra-op-threads", type=int, default=0, help="server threads per stream")
     p.add_argument("--json", type=Path, help="also write every cell here")
+    p.add_argument("--serve-args", default="", help="more embedder-serve flags, e.g. "
+                   "'--lone-batch-one-core'")  # fmt: skip
     args = p.parse_args()
     gpu = args.provider != "cpu"
     args.max_batch_size = args.max_batch_size or (64 if gpu else 32)

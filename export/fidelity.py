@@ -42,21 +42,34 @@ def embed(session, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
     return np.concatenate([session.run(["features"], f)[0] for f in feeds]).astype(np.float64)
 
 
+def _bbc_news(backbone, first: int, count: int, batch: int):
+    """Every 7th BBC News article from `first` (`count` of them), tokenised in batches."""
+    from embedder.core.preprocess import TextTokenizer
+    from heads.datasets import bbc_news
+
+    texts, labels = bbc_news()
+    texts, labels = texts[first::7][:count], labels[first::7][:count]
+    length = min(PROBE_TOKENS, backbone.preprocess.max_length)  # the model may take fewer
+    cfg = replace(backbone.preprocess, max_length=length, truncation=True)
+    tokenizer = TextTokenizer(backbone.extra_files[cfg.tokenizer_file], cfg)
+    feeds = [tokenizer(texts[i : i + batch]) for i in range(0, len(texts), batch)]
+    return feeds, np.asarray(labels)
+
+
 def probe_sets(backbone, batch: int = 32) -> list[ProbeSet]:
     """The labelled sets of the backbone's modality, preprocessed as the model is served."""
     if backbone.modality == "text":
-        from embedder.core.preprocess import TextTokenizer
-        from heads.datasets import bbc_news
-
-        texts, labels = bbc_news()
-        texts, labels = texts[::7][:300], labels[::7][:300]
-        length = min(PROBE_TOKENS, backbone.preprocess.max_length)  # the model may take fewer
-        cfg = replace(backbone.preprocess, max_length=length, truncation=True)
-        tokenizer = TextTokenizer(backbone.extra_files[cfg.tokenizer_file], cfg)
-        feeds = [tokenizer(texts[i : i + batch]) for i in range(0, len(texts), batch)]
-        return [ProbeSet("bbc_news", feeds, np.asarray(labels))]
+        return [ProbeSet("bbc_news", *_bbc_news(backbone, 0, 300, batch))]
     return [_images("faces", *_faces(), backbone, batch),
             _images("digits", *_digits(), backbone, batch)]  # fmt: skip
+
+
+def calibration_feeds(backbone, batch: int = 32) -> list[dict[str, np.ndarray]]:
+    """Inputs for quantisation choices, none of them in a probe set (text: 64 other BBC
+    articles; images: none yet, their int8 recipe takes no calibration)."""
+    if backbone.modality == "text":
+        return _bbc_news(backbone, 3, 64, batch)[0]
+    return []
 
 
 def _faces() -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,7 @@ from embedder.core.manifest import (
 
 from .config import PretrainedCfg
 from .errors import ParityError, SanityCheckError, UnknownLayerError, VersionExistsError
-from .fidelity import embed, probe_sets
+from .fidelity import calibration_feeds, embed, probe_sets
 from .registry import resolve
 from .samples import SAMPLE_SENTENCES, sample_pixels
 from .variants import build_variant
@@ -146,7 +146,9 @@ def _export_into(staging, config, pcfg, backbone, layer, name, started) -> Manif
     probes = probe_sets(backbone) if config.variants else []
     for p in probes:  # the fp32 embeddings every variant is measured against
         p.fp32 = embed(session, p.feeds)
-    variants = {v: build_variant(v, staging, inputs, features, probes) for v in config.variants}
+    calibration = calibration_feeds(backbone) if "int8" in config.variants else []
+    variants = {v: build_variant(v, staging, inputs, features, probes, calibration)
+                for v in config.variants}  # fmt: skip
     for filename, src in backbone.extra_files.items():
         shutil.copyfile(src, staging / filename)
     preprocess = backbone.preprocess

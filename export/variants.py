@@ -1,4 +1,4 @@
-"""Reduced-precision variants: fp16 for GPUs, int8 dynamic quantisation for CPUs.
+"""Reduced-precision variants: fp16 for GPUs, int8 for CPUs (recipes in quantize.py).
 
 Each is measured against fp32 on the sample inputs; the cosine similarity goes into the
 manifest so a user can judge whether the variant is good enough for their task.
@@ -6,7 +6,6 @@ manifest so a user can judge whether the variant is good enough for their task.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from embedder.core.manifest import Variant, sha256_file
 
 from .errors import ExportError
 from .fidelity import cosine_rows, gate
+from .quantize import make_int8
 
 VARIANTS = ("fp16", "int8")
 
@@ -54,32 +54,21 @@ def make_fp16(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
-def make_int8(src: Path, dst: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    has_conv = any(n.op_type == "Conv" for n in onnx.load(str(src)).graph.node)
-    # Per-channel int8 weights keep MiniLM at cosine ~0.99; onnxruntime's CPU ConvInteger has
-    # no int8-weight kernel, so graphs with convolutions get uint8 weights.
-    weight_type = QuantType.QUInt8 if has_conv else QuantType.QInt8
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantiser logs advice at WARNING on the root logger
-    try:
-        quantize_dynamic(str(src), str(dst), weight_type=weight_type, per_channel=True)
-    finally:
-        root.setLevel(level)
-
-
 def build_variant(kind: str, folder: Path, inputs: dict[str, np.ndarray], fp32: np.ndarray,
-                  probes: list | None = None) -> Variant:  # fmt: skip
+                  probes: list | None = None,
+                  calibration: list | None = None) -> Variant:  # fmt: skip
     """The variant's file, its cosine to fp32 on the sample inputs and, given probe sets
-    (export/fidelity.py), its fidelity gate."""
+    (export/fidelity.py), its fidelity gate; int8 makes its choices on `calibration`."""
     if kind not in VARIANTS:
         raise ExportError(f"unknown variant {kind!r}; choose from {', '.join(VARIANTS)}")
     import onnxruntime as ort
 
     src, dst = folder / "model.onnx", folder / f"model.{kind}.onnx"
-    (make_fp16 if kind == "fp16" else make_int8)(src, dst)
+    if kind == "fp16":
+        make_fp16(src, dst)
+        recipe = {"scheme": "fp16 weights and activations; depthwise convolutions fp32"}
+    else:
+        recipe = make_int8(src, dst, calibration or [])
     session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
     out = session.run(["features"], inputs)[0]
     cos = cosine_rows(out, fp32)
@@ -91,4 +80,5 @@ def build_variant(kind: str, folder: Path, inputs: dict[str, np.ndarray], fp32: 
         cosine_to_fp32_mean=float(cos.mean()),
         intended_for="CUDA" if kind == "fp16" else "CPU",
         gate=gate(probes, session) if probes else {},
+        recipe=recipe,
     )

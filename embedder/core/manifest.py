@@ -88,6 +88,8 @@ class Variant:
     # The fidelity gate measured at export on packaged labelled data (export/fidelity.py):
     # passed, cosine_min, probe_change_points, knn10_overlap, and each probe set's figures.
     gate: dict = field(default_factory=dict)
+    # How the file was made (export/quantize.py): scheme, nodes kept in fp32, calibration.
+    recipe: dict = field(default_factory=dict)
 
     def gate_summary(self) -> str:
         """One line for tables, `embedder-client models` and warnings."""

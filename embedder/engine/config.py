@@ -26,6 +26,10 @@ class BatchingConfig:
     # uses every core), one on a GPU. One stream with every core is lower latency for a lone
     # single-item request, slower under load (benchmark in the README).
     inference_streams: int = 0
+    # With single-threaded streams on a CPU, a lone request too small to split (alone in its
+    # batch, nothing queued, every stream free) runs on a second session of the model with all
+    # the streams' threads, so it uses every core (the price: the model's weights held twice).
+    lone_batch_all_cores: bool = True
 
     def __post_init__(self) -> None:
         check_ranges(self, at_least_one=("max_batch_size", "max_queue_size"),

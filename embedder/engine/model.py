@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from embedder.core.batch_parts import CPU_IMAGE_BATCH, in_chunks
 from embedder.core.inputs import Preprocessor
-from embedder.core.runtime import ModelSession
+from embedder.core.runtime import ModelSession, open_session
 from embedder.engine.batcher import DynamicBatcher
 from embedder.engine.cache_lookup import ModelCache
 from embedder.engine.config import EngineConfig
@@ -42,11 +44,15 @@ class LoadedModel:
         split = SPLIT_MIN_ITEMS if single else 0
         # The batcher groups requests into batches of up to max_batch_size; an image model on
         # a CPU then runs them in chunks of the size it is fastest at.
-        run = session.run
+        run, run_wide = session.run, None
+        if single and config.batching.lone_batch_all_cores:  # a lone request on every core
+            threads = replace(config.session, intra_op_threads=streams)
+            run_wide = open_session(session.folder, m, threads).run
         if m.modality == "image" and not session.on_gpu:
             run = in_chunks(session.run, CPU_IMAGE_BATCH)
+            run_wide = run_wide and in_chunks(run_wide, CPU_IMAGE_BATCH)
         self.batcher = DynamicBatcher(
-            self.key, run, self.preprocessor.collate, config.batching, on_batch, split
+            self.key, run, self.preprocessor.collate, config.batching, on_batch, split, run_wide
         )
         self.cache: ModelCache | None = None
         if config.cache is not None and not m.heads:  # the cache holds embeddings only

@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--workers", type=int, default=d.workers,
                    help="threads that decode and run inference (0: one per core)")  # fmt: skip
+    e.add_argument("--prepare-in", choices=("auto", "threads", "processes"), default="auto",
+                   help="where items are read and decoded (auto: processes on a GPU, where "
+                   "threads are GIL-bound; threads on a CPU)")  # fmt: skip
     e.add_argument("--shard-rows", type=int, default=d.shard_rows)
     e.add_argument("--provider", default=d.provider, choices=("auto", "cpu", "cuda", "tensorrt"))
     e.add_argument("--name", help="dataset name for runs/<name>.parquet (default: input's name)")
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             repo=args.repo, model=args.model, version=args.version, cache=args.cache,
             engine=args.engine, server=args.server, batch_size=args.batch_size,
             workers=args.workers, shard_rows=args.shard_rows,
+            prepare_processes={"auto": None, "threads": False, "processes": True}[args.prepare_in],
             provider=args.provider, ray_address=args.ray_address, ray_actors=args.ray_actors,
             progress=not args.no_progress, run_name=args.name or _default_name(args),
         )  # fmt: skip

@@ -35,6 +35,9 @@ class FeaturesConfig:
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     ray_address: str | None = None  # None: a local Ray; "auto" or ray://host:port: a cluster
     ray_actors: int = 2  # one CPU and one onnxruntime thread each
+    # Read, hash and decode or tokenise in worker processes, not threads (None: on a GPU, where
+    # the inference waits on them; on a CPU the cores are busy with inference anyway).
+    prepare_processes: bool | None = None
     progress: bool = True
     run_name: str = "run"  # the dataset's name in the cache's runs/ folder
 

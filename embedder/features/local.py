@@ -69,12 +69,16 @@ class LocalEngine:
     (one per worker on a CPU; two in flight on a GPU, which runs them one after another)."""
 
     def __init__(self, config: FeaturesConfig):
-        folder = model_folder(config.repo, config.model, config.version)
+        self.folder = folder = model_folder(config.repo, config.model, config.version)
         self.manifest = Manifest.read(folder)
         self.preprocessor = Preprocessor(self.manifest, folder, config.max_image_pixels)
         self.lazy = LazySession(config, self.manifest)
         self.identity = self.lazy.identity
-        self.in_flight = 2 if on_gpu(config.provider) else worker_count(config)
+        gpu = on_gpu(config.provider)
+        self.in_flight = 2 if gpu else worker_count(config)
+        self.prepare_in_processes = (
+            gpu if config.prepare_processes is None else (config.prepare_processes)
+        )
 
     def embed(self, batch: list[Prepared]) -> tuple[np.ndarray, list[tuple[int, str]]]:
         arrays = [p.array for p in batch]

@@ -1,11 +1,13 @@
-"""Each source item read, hashed and preprocessed, in worker threads, results in input order."""
+"""Each source item read, hashed and preprocessed, in worker threads (or worker processes),
+results in input order."""
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Container, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -83,16 +85,42 @@ def make_preparer(manifest: Manifest, pre: Preprocessor | None, known: Container
     return prepare
 
 
-def prepare_stream(items: list[SourceItem], prepare: Callable[[SourceItem], Prepared],
-                   pool: ThreadPoolExecutor, ahead: int, chunk: int = 8,
-                   ) -> Iterator[Prepared]:  # fmt: skip
-    """`prepare` on `pool`, results in input order, at most about `ahead` items in flight.
+_worker_prepare: Callable[[SourceItem], Prepared] | None = None  # in a worker process
+
+
+def _start_worker(folder: Path, max_pixels: int, known: frozenset[str]) -> None:
+    global _worker_prepare
+    manifest = Manifest.read(folder)
+    _worker_prepare = make_preparer(manifest, Preprocessor(manifest, folder, max_pixels), known)
+
+
+def prepare_in_worker(part: list[SourceItem]) -> list[Prepared]:
+    return [_worker_prepare(item) for item in part]
+
+
+def process_pool(folder: Path, max_pixels: int, known: Container[str],
+                 workers: int) -> ProcessPoolExecutor:  # fmt: skip
+    """Worker processes that prepare items for `prepare_in_worker`: one process's threads are
+    bound by the GIL (on a 16-core GPU machine, 16 threads decoded 1,408 images/s and tokenised
+    680 texts/s; 16 processes 3,079 and 8,176). Forked where the OS can: the workers only read,
+    hash and decode (never CUDA or onnxruntime), and a forked worker needs no re-import of the
+    caller's script (spawn would run an unguarded script again, and fails from stdin)."""
+    import multiprocessing
+
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                               initializer=_start_worker,
+                               initargs=(folder, max_pixels, frozenset(known)))  # fmt: skip
+
+
+def prepare_stream(items: list[SourceItem], run_part: Callable[[list], list[Prepared]],
+                   pool: Executor, ahead: int, chunk: int = 8) -> Iterator[Prepared]:  # fmt: skip
+    """`run_part` on `pool`, results in input order, at most about `ahead` items in flight.
     Items go to the pool `chunk` at a time: a hand-off per item would cost about as much as
     reading and hashing a cached one."""
     window: deque[Future] = deque()
     for start in range(0, len(items), chunk):
-        window.append(pool.submit(lambda part: [prepare(i) for i in part],
-                                  items[start : start + chunk]))  # fmt: skip
+        window.append(pool.submit(run_part, items[start : start + chunk]))
         if len(window) * chunk >= ahead:
             yield from window.popleft().result()
     for future in window:

@@ -39,6 +39,7 @@ class ServerEngine:
         self.max_items = info.batching.max_items_per_request
         self.client = EmbedderClient(config.server, max_message_bytes=self.max_bytes)
         self.in_flight = worker_count(config)
+        self.prepare_in_processes = False  # the items are only read and hashed here
         self.kind = "text" if self.manifest.modality == "text" else "image"
 
     def embed(self, batch: list[Prepared]) -> tuple[np.ndarray, list[tuple[int, str]]]:

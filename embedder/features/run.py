@@ -18,7 +18,13 @@ from embedder.cache import EmbeddingCache
 from embedder.features.config import FeaturesConfig, Summary, batch_size_for, worker_count
 from embedder.features.ledger import RunLedger
 from embedder.features.local import LocalEngine
-from embedder.features.prepare import Prepared, make_preparer, prepare_stream
+from embedder.features.prepare import (
+    Prepared,
+    make_preparer,
+    prepare_in_worker,
+    prepare_stream,
+    process_pool,
+)
 from embedder.features.remote import ServerEngine
 from embedder.features.sources import SourceItem
 
@@ -49,13 +55,24 @@ def run_pooled(items: list[SourceItem], config: FeaturesConfig, engine) -> Summa
     records results, in input order."""
     cache = EmbeddingCache(config.cache, engine.identity)
     ledger = RunLedger(cache, len(items), config.shard_rows, config.progress)
-    prepare = make_preparer(engine.manifest, engine.preprocessor, set(cache.keys))
+    known = set(cache.keys)
     batch_size = batch_size_for(config, engine.manifest)
     with ExitStack() as stack:
         stack.callback(engine.close)
         stack.callback(ledger.flush)  # whatever was embedded survives an aborted run
         pool = ThreadPoolExecutor(worker_count(config), thread_name_prefix="export")
         stack.callback(pool.shutdown, cancel_futures=True)  # a failed run leaves nothing queued
+        if engine.prepare_in_processes:  # the threads then only run inference batches
+            preparers = process_pool(engine.folder, config.max_image_pixels, known,
+                                     worker_count(config))  # fmt: skip
+            stack.callback(preparers.shutdown, cancel_futures=True)
+            run_part = prepare_in_worker
+        else:
+            preparers, prepare = pool, make_preparer(engine.manifest, engine.preprocessor, known)
+
+            def run_part(part: list[SourceItem]) -> list[Prepared]:
+                return [prepare(item) for item in part]
+
         in_flight: list[tuple[list[Prepared], Future]] = []
 
         def submit(batch: list[Prepared]) -> None:
@@ -65,7 +82,7 @@ def run_pooled(items: list[SourceItem], config: FeaturesConfig, engine) -> Summa
                 record(ledger, done, *future.result())
 
         batch: list[Prepared] = []
-        for p in prepare_stream(items, prepare, pool, max(64, batch_size * 4)):
+        for p in prepare_stream(items, run_part, preparers, max(64, batch_size * 4)):
             if ledger.admit(p.key, p.item.label, p.item.source, p.error):
                 batch.append(p)
                 if len(batch) >= batch_size:

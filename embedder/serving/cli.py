@@ -39,6 +39,9 @@ def serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue-delay-ms", type=float, default=b.max_queue_delay_ms)
     p.add_argument("--max-queue-size", type=int, default=b.max_queue_size, help="items per model")
     p.add_argument("--returning-wait-ms", type=float, default=b.returning_wait_ms)
+    p.add_argument("--lone-batch-one-core", action="store_true",
+                   help="run a lone unsplittable batch on one core (default: on every core, "
+                   "from a second session of the model: its weights held twice)")  # fmt: skip
     p.add_argument(
         "--inference-streams",
         type=int,
@@ -72,6 +75,7 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
                             max_batch_tokens=args.max_batch_tokens)  # fmt: skip
     batching = BatchingConfig(args.max_batch_size, args.max_queue_delay_ms,
                               returning_wait_ms=args.returning_wait_ms,
+                              lone_batch_all_cores=not args.lone_batch_one_core,
                               max_queue_size=args.max_queue_size,
                               inference_streams=args.inference_streams)  # fmt: skip
     engine = EngineConfig(repository=args.repo, session=session, batching=batching,

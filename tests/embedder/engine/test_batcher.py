@@ -242,3 +242,45 @@ def test_a_failing_part_fails_its_batch_and_frees_its_streams(session):
         await b.close()
 
     asyncio.run(main())
+
+
+def test_a_lone_small_batch_runs_on_every_core_only_when_every_stream_is_free(session, tiny_repo):
+    """A lone request too small to split takes the wide session while nothing else runs; with a
+    stream busy, or with company in its batch, it runs on a single stream."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    path = str(tiny_repo / "tiny_image" / "1" / "model.onnx")
+    wide_session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    used, release = [], threading.Event()
+
+    def narrow(feeds):
+        used.append(("narrow", len(feeds["pixels"])))
+        if len(feeds["pixels"]) == 4:  # the big batch's parts hold two of the three streams
+            release.wait(10)
+        return session.run(["features"], feeds)[0]
+
+    def wide(feeds):
+        used.append(("wide", len(feeds["pixels"])))
+        return wide_session.run(["features"], feeds)[0]
+
+    async def main():
+        config = BatchingConfig(max_batch_size=16, inference_streams=3)
+        b = DynamicBatcher("tiny", narrow, lambda a: {"pixels": np.stack(a)}, config,
+                           split_min_items=4, run_wide=wide)  # fmt: skip
+        b.start()
+        lone, _ = await b.submit(items(3))  # every stream free: the wide session
+        big = asyncio.ensure_future(b.submit(items(8, seed=1)))  # two parts of 4
+        await asyncio.sleep(0.1)
+        small, _ = await asyncio.wait_for(b.submit(items(2, seed=2)), 10)  # one stream free
+        release.set()
+        big_out, _ = await asyncio.wait_for(big, 10)
+        await asyncio.gather(b.submit(items(1, seed=3)), b.submit(items(1, seed=4)))
+        await b.close()
+        return lone, big_out, small
+
+    lone, big_out, small = asyncio.run(main())
+    # Two requests in one batch are not lone: concurrent clients keep to single streams.
+    assert used == [("wide", 3), ("narrow", 4), ("narrow", 4), ("narrow", 2), ("narrow", 2)]
+    for out, batch in ((lone, items(3)), (big_out, items(8, seed=1)), (small, items(2, seed=2))):
+        expected = session.run(["features"], {"pixels": np.stack(batch)})[0]
+        np.testing.assert_allclose(out, expected, atol=1e-5)

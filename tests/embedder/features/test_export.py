@@ -110,7 +110,19 @@ def test_new_files_only_are_embedded(tiny_repo, images, tmp_path):
     assert (again.embedded, again.from_cache) == (1, 12)
 
 
-def test_text_tables_with_bad_lines(tiny_repo, tmp_path):
+def test_the_cli_prepares_in_processes_when_asked(tiny_repo, tmp_path, capsys):
+    from embedder.features.cli import main
+
+    table = tmp_path / "texts.jsonl"
+    table.write_text('{"text": "the cat sat"}\n{"text": "stock market fell"}\n')
+    args = ["export", "--texts", str(table), "--model", "tiny_text", "--repo", str(tiny_repo),
+            "--cache", str(tmp_path / "c"), "--prepare-in", "processes", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    assert "2 items: 2 embedded" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("processes", [False, True])  # tokenised in threads or processes
+def test_text_tables_with_bad_lines(tiny_repo, tmp_path, processes):
     jsonl = tmp_path / "texts.jsonl"
     with open(jsonl, "wb") as f:
         f.write(b'{"text": "the cat sat", "label": "pets"}\n')
@@ -118,7 +130,8 @@ def test_text_tables_with_bad_lines(tiny_repo, tmp_path):
         f.write(b'{"text": "caf\xe9 latin-1", "label": "money"}\n')  # not UTF-8
         f.write(b'{"text": "   ", "label": "pets"}\n')  # empty
         f.write(b'{"text": "the cat sat", "label": "pets"}\n')  # duplicate
-    cfg = FeaturesConfig(repo=tiny_repo, model="tiny_text", cache=tmp_path / "c", progress=False)
+    cfg = FeaturesConfig(repo=tiny_repo, model="tiny_text", cache=tmp_path / "c", progress=False,
+                         prepare_processes=processes)  # fmt: skip
     summary = export_features(text_table(jsonl, "text", "label"), cfg)
     assert (summary.embedded, summary.failed, summary.duplicates) == (2, 2, 1)
     keys, X, y, sources = rows_by_key(summary.dataset)
@@ -191,6 +204,19 @@ def assert_same_rows(dataset_a, dataset_b):
     np.testing.assert_array_equal(ka, kb)
     np.testing.assert_array_equal(ya, yb)
     np.testing.assert_allclose(xa, xb, atol=1e-5)
+
+
+def test_preparing_in_worker_processes_equals_threads(tiny_repo, images, tmp_path):
+    """On a GPU items are read and decoded in worker processes (threads are GIL-bound there):
+    the same rows, the same failures, and the keys already cached skip their decoding."""
+    threads = export_features(image_folder(images, True),
+                              config(tiny_repo, tmp_path / "a", prepare_processes=False))  # fmt: skip
+    cfg = config(tiny_repo, tmp_path / "b", prepare_processes=True)
+    processes = export_features(image_folder(images, True), cfg)
+    assert (processes.embedded, processes.failed, processes.duplicates) == (12, 2, 1)
+    assert_same_rows(threads.dataset, processes.dataset)
+    again = export_features(image_folder(images, True), cfg)
+    assert (again.embedded, again.from_cache, again.failed) == (0, 12, 2)
 
 
 def test_server_engine_equals_local(tiny_repo, tiny_server, images, tmp_path):
