@@ -37,6 +37,10 @@ class _Job:
     future: asyncio.Future
     deadline: float | None  # time.monotonic()
     enqueued: float = field(default_factory=time.monotonic)
+    tokens: int = 0  # its longest item's length (text models with a token budget)
+
+
+LENGTH_GROUP = 2.0  # a text batch takes queued requests within this factor of its oldest's length
 
 
 class DynamicBatcher:
@@ -49,6 +53,7 @@ class DynamicBatcher:
         on_batch: Callable[[int, float, float], None] | None = None,
         split_min_items: int = 0,
         run_wide: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None,
+        token_budget: int = 0,
     ):
         config = replace(config, inference_streams=config.inference_streams or 1)
         self.name, self._run, self._collate, self.config = name, run, collate, config
@@ -57,6 +62,9 @@ class DynamicBatcher:
         # Batches from concurrent clients stay on single streams: two side by side did more
         # than one on two threads (8 single-image clients: -17 % when they went wide).
         self._run_wide = run_wide
+        # Text models: items are token arrays; a batch holds at most this many padded tokens
+        # (items x its longest) and requests of similar length (0: batches by items only).
+        self._token_budget = token_budget
         self._on_batch = on_batch
         # With single-threaded streams, a batch is split across the streams that are free
         # (parts of at least this many items; 0: never), so a lone batch still uses every core.
@@ -133,6 +141,9 @@ class DynamicBatcher:
             _Job(arrays[i : i + size], loop.create_future(), deadline)
             for i in range(0, len(arrays), size)
         ]
+        if self._token_budget:
+            for job in jobs:
+                job.tokens = max(len(a) for a in job.arrays)
         for job in jobs:
             self._jobs.append(job)
             self._queued_items += len(job.arrays)
@@ -159,7 +170,7 @@ class DynamicBatcher:
             while not self._jobs or not self._free_streams:  # (all streams busy with parts)
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            if self._queued_items >= limit:
+            if self._queued_items >= limit or self._budget_filled():
                 break
             until = self._jobs[0].enqueued + delay
             # The callers of a batch that just finished are about to send their next requests:
@@ -175,13 +186,44 @@ class DynamicBatcher:
                     await self._wakeup.wait()
             except TimeoutError:
                 pass
-        batch, items = [], 0
-        while self._jobs and items + len(self._jobs[0].arrays) <= limit:
-            job = self._jobs.popleft()
+        batch = self._take_by_tokens() if self._token_budget else self._take_in_order(limit)
+        for job in batch:
             self._queued_items -= len(job.arrays)
             self._reserved_items -= len(job.arrays)
-            items += len(job.arrays)
-            batch.append(job)
+        return batch
+
+    def _take_in_order(self, limit: int) -> list[_Job]:
+        batch, items = [], 0
+        while self._jobs and items + len(self._jobs[0].arrays) <= limit:
+            items += len(self._jobs[0].arrays)
+            batch.append(self._jobs.popleft())
+        return batch
+
+    def _budget_filled(self) -> bool:
+        """Whether the queued requests of the oldest's length group fill a batch's tokens."""
+        if not self._token_budget:
+            return False
+        first = self._jobs[0]
+        group = [j for j in self._jobs if _similar(first, j)]
+        longest = max(j.tokens for j in group)
+        return sum(len(j.arrays) for j in group) * longest >= self._token_budget
+
+    def _take_by_tokens(self) -> list[_Job]:
+        """The oldest request, then queued ones of similar length, in order, while the batch
+        stays within max_batch_size items and the token budget (the oldest always goes, so
+        nothing starves; the others keep their places)."""
+        first = self._jobs.popleft()
+        batch, kept = [first], deque()
+        items, longest = len(first.arrays), first.tokens
+        for job in self._jobs:
+            n, width = items + len(job.arrays), max(longest, job.tokens)
+            fits = n <= self.config.max_batch_size and n * width <= self._token_budget
+            if fits and _similar(first, job):
+                batch.append(job)
+                items, longest = n, width
+            else:
+                kept.append(job)
+        self._jobs = kept
         return batch
 
     def _live(self, batch: list[_Job]) -> list[_Job]:
@@ -263,6 +305,10 @@ class DynamicBatcher:
                 if not job.future.done():
                     job.future.set_result((out[offset : offset + n], stats))
                 offset += n
+
+
+def _similar(first: _Job, job: _Job) -> bool:
+    return first.tokens / LENGTH_GROUP <= job.tokens <= first.tokens * LENGTH_GROUP
 
 
 def _fail(jobs, exc: BaseException) -> None:

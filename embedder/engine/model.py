@@ -51,9 +51,10 @@ class LoadedModel:
         if m.modality == "image" and not session.on_gpu:
             run = in_chunks(session.run, CPU_IMAGE_BATCH)
             run_wide = run_wide and in_chunks(run_wide, CPU_IMAGE_BATCH)
-        self.batcher = DynamicBatcher(
-            self.key, run, self.preprocessor.collate, config.batching, on_batch, split, run_wide
-        )
+        # Text on a CPU: batches formed by padded tokens, requests of similar length together.
+        budget = session.max_batch_tokens if m.modality == "text" else 0
+        self.batcher = DynamicBatcher(self.key, run, self.preprocessor.collate, config.batching,
+                                      on_batch, split, run_wide, budget)  # fmt: skip
         self.cache: ModelCache | None = None
         if config.cache is not None and not m.heads:  # the cache holds embeddings only
             self.cache = ModelCache(config.cache, session, config.cache_shard_rows)

@@ -284,3 +284,70 @@ def test_a_lone_small_batch_runs_on_every_core_only_when_every_stream_is_free(se
     for out, batch in ((lone, items(3)), (big_out, items(8, seed=1)), (small, items(2, seed=2))):
         expected = session.run(["features"], {"pixels": np.stack(batch)})[0]
         np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+@pytest.fixture
+def text_model(tiny_repo):
+    from embedder.core.inputs import Preprocessor
+    from embedder.core.manifest import Manifest
+
+    folder = tiny_repo / "tiny_text" / "1"
+    pre = Preprocessor(Manifest.read(folder), folder)
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    return pre, session
+
+
+LONG = "the striker scored twice in the second half to win the cup final for the home side today"
+
+
+def test_text_batches_group_similar_lengths_and_keep_to_the_token_budget(text_model):
+    """Queued: long, short, long, short. The oldest (long) goes with the other long one; the
+    short ones ride together, never padded to a long one's length."""
+    pre, session = text_model
+    widths = []
+
+    def run(feeds):
+        widths.append(feeds["input_ids"].shape)
+        return session.run(["features"], feeds)[0]
+
+    async def main():
+        config = BatchingConfig(max_batch_size=16, inference_streams=1)
+        b = DynamicBatcher("t", run, pre.collate, config, token_budget=64)
+        texts = [LONG, "a cat", LONG + " again", "the dog"]
+        calls = [asyncio.ensure_future(b.submit(pre.texts([t]))) for t in texts]
+        await asyncio.sleep(0)  # all four queued before the batcher starts
+        b.start()
+        outs = await asyncio.wait_for(asyncio.gather(*calls), 10)
+        await b.close()
+        return texts, [o for o, _ in outs]
+
+    texts, outs = asyncio.run(main())
+    long_width, short_width = len(pre.texts([LONG])[0]), len(pre.texts(["a cat"])[0])
+    assert long_width > 2 * short_width
+    assert widths == [(2, long_width), (2, max(short_width, len(pre.texts(["the dog"])[0])))]
+    for text, out in zip(texts, outs, strict=True):
+        alone = session.run(["features"], pre.collate(pre.texts([text])))[0]
+        np.testing.assert_allclose(out, alone, atol=1e-5)
+
+
+def test_a_text_batch_leaves_when_its_tokens_fill_the_budget(text_model):
+    """With a long queue delay, requests that fill the token budget go at once, in batches
+    that keep to it."""
+    pre, session = text_model
+    sizes = []
+
+    def run(feeds):
+        sizes.append(len(feeds["input_ids"]))
+        return session.run(["features"], feeds)[0]
+
+    async def main():
+        width = len(pre.texts([LONG])[0])
+        config = BatchingConfig(max_batch_size=16, max_queue_delay_ms=60_000, inference_streams=1)
+        b = DynamicBatcher("t", run, pre.collate, config, token_budget=2 * width)
+        b.start()
+        calls = [b.submit(pre.texts([LONG])) for _ in range(4)]
+        await asyncio.wait_for(asyncio.gather(*calls), 10)  # not the 60 s delay
+        await b.close()
+
+    asyncio.run(main())
+    assert sizes == [2, 2]
