@@ -49,7 +49,11 @@ class TorchTextBackbone:
                 "tokenizer.json (save one with AutoTokenizer.from_pretrained(dir).save_pretrained)"
             )
         transformers.utils.logging.disable_progress_bar()  # a local file: no bar to watch
-        self.model = transformers.AutoModel.from_pretrained(str(model_dir)).eval()
+        # Eager attention: its graph runs faster in onnxruntime than SDPA's decomposition
+        # (MiniLM, 2 CPU threads, batch 32 x 128 tokens: 54.9 vs 48.7 docs/s), same parity.
+        self.model = transformers.AutoModel.from_pretrained(
+            str(model_dir), attn_implementation="eager"
+        ).eval()
         self.preprocess = preprocess
         self.normalized = normalize
         self.extra_files = {preprocess.tokenizer_file: tokenizer}
