@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import io
 import re
-import subprocess
 import sys
 import time
 import urllib.request
@@ -27,10 +26,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from launch import launch_server  # noqa: E402
+
 from embedder.client import AsyncEmbedderClient, embed_request  # noqa: E402
 from protos.embedder.v1 import embedder_pb2 as pb  # noqa: E402
-
-SERVE = "from embedder.serving.cli import serve_main; raise SystemExit(serve_main())"
 
 
 def inputs() -> dict[str, list[pb.Item]]:
@@ -92,14 +91,10 @@ def main() -> None:
     p.add_argument("--metrics-port", type=int, default=50932)
     p.add_argument("--server-args", default="", help="extra embedder-serve flags")
     args = p.parse_args()
-    cmd = [sys.executable, "-c", SERVE, "--repo", str(args.repo), "--address",
-           f"127.0.0.1:{args.port}", "--max-queue-size", "64", "--metrics-port",
-           str(args.metrics_port), "--log-level", "WARNING", *args.server_args.split()]  # fmt: skip
-    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    server = launch_server(["--repo", str(args.repo), "--address", f"127.0.0.1:{args.port}",
+                            "--max-queue-size", "64", "--metrics-port", str(args.metrics_port),
+                            "--log-level", "WARNING", *args.server_args.split()])  # fmt: skip
     try:
-        for line in server.stdout:
-            if "listening" in line:
-                break
         url = f"http://127.0.0.1:{args.metrics_port}/metrics"
         before = cpu_seconds(url)
         stats = asyncio.run(load(f"127.0.0.1:{args.port}", args.clients // 2, args.seconds))

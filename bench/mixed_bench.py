@@ -25,10 +25,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from launch import launch_server  # noqa: E402
+
 from embedder.client import AsyncEmbedderClient, embed_request  # noqa: E402
 from protos.embedder.v1 import embedder_pb2 as pb  # noqa: E402
-
-SERVE = "from embedder.serving.cli import serve_main; raise SystemExit(serve_main())"
 
 
 def texts() -> tuple[list[str], list[str]]:
@@ -40,14 +40,8 @@ def texts() -> tuple[list[str], list[str]]:
 
 
 def start(source: Path, repo: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(source)}
-    cmd = [sys.executable, "-c", SERVE, "--repo", str(repo), "--address", f"127.0.0.1:{port}",
-           "--log-level", "WARNING"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=source)
-    for line in proc.stdout:
-        if "listening" in line:
-            return proc
-    raise RuntimeError(f"the server from {source} did not start")
+    flags = ["--repo", str(repo), "--address", f"127.0.0.1:{port}", "--log-level", "WARNING"]
+    return launch_server(flags, env={**os.environ, "PYTHONPATH": str(source)}, cwd=source)
 
 
 async def _caller(client, model: str, pool: list[str], seed: int, end: float) -> list[float]:

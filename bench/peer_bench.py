@@ -21,8 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from launch import launch_server
+
 ROOT = Path(__file__).resolve().parents[1]
-SERVE = "from embedder.serving.cli import serve_main; raise SystemExit(serve_main())"
 
 
 def bbc_dir() -> Path:
@@ -42,15 +43,9 @@ def infinity(args, out: Path) -> dict:
 
 
 def ours(args, precision: str, out: Path) -> dict:
-    serve = [sys.executable, "-c", SERVE, "--repo", str(args.repo), "--address",
-             f"127.0.0.1:{args.port}", "--cpu-precision", precision, "--log-level", "WARNING"]  # fmt: skip
-    server = subprocess.Popen(serve, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    server = launch_server(["--repo", str(args.repo), "--address", f"127.0.0.1:{args.port}",
+                            "--cpu-precision", precision, "--log-level", "WARNING"], cwd=ROOT)  # fmt: skip
     try:
-        for line in server.stdout:
-            if "listening" in line:
-                break
-        else:
-            raise RuntimeError("embedder-serve did not start")
         load = [sys.executable, str(args.anchors / "load_grpc.py"), "--checkout", str(ROOT),
                 "--target", f"127.0.0.1:{args.port}", "--model", args.model,
                 "--model-dir", str(args.model_dir), "--bbc-dir", str(bbc_dir()),

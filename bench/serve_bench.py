@@ -36,6 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from launch import launch_server  # noqa: E402
 from ort_cuda import TEXTS, host_io, on_device, ready_inputs  # noqa: E402
 
 from embedder.client import AsyncEmbedderClient, embed_request, image_item  # noqa: E402
@@ -203,39 +204,15 @@ def service(target: str, server_pid: int, repo: Path, name: str, seconds: float,
     return rows
 
 
-SERVE = "from embedder.serving.cli import serve_main; raise SystemExit(serve_main())"
-
-
 def start_server(args: argparse.Namespace) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-c",
-        SERVE,
-        "--repo",
-        str(args.repo),
-        "--address",
-        f"127.0.0.1:{args.port}",
-        "--provider",
-        args.provider,
-        "--max-batch-size",
-        str(args.max_batch_size),
-        "--max-queue-delay-ms",
-        str(args.max_queue_delay_ms),
-        "--inference-streams",
-        str(args.inference_streams),
-        "--intra-op-threads",
-        str(args.intra_op_threads),
-        "--log-level",
-        "WARNING",
+    return launch_server([
+        "--repo", str(args.repo), "--address", f"127.0.0.1:{args.port}",
+        "--provider", args.provider, "--max-batch-size", str(args.max_batch_size),
+        "--max-queue-delay-ms", str(args.max_queue_delay_ms),
+        "--inference-streams", str(args.inference_streams),
+        "--intra-op-threads", str(args.intra_op_threads), "--log-level", "WARNING",
         *shlex.split(args.serve_args),
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    seen = []  # onnxruntime's DLL preloading may print before the server's line
-    for line in proc.stdout:
-        if "listening" in line:
-            return proc
-        seen.append(line)
-    raise RuntimeError(f"server did not start: {''.join(seen)!r}")
+    ])  # fmt: skip
 
 
 HEADER = """| model | mode | batch | clients | items/s | p50 ms | p99 ms | vs {ceiling} | CPU core-ms / item | CPU bound | busiest server thread / client process, cores |

@@ -76,9 +76,8 @@ class LocalEngine:
         self.identity = self.lazy.identity
         gpu = on_gpu(config.provider)
         self.in_flight = 2 if gpu else worker_count(config)
-        self.prepare_in_processes = (
-            gpu if config.prepare_processes is None else (config.prepare_processes)
-        )
+        auto = config.prepare_processes is None
+        self.prepare_in_processes = gpu if auto else config.prepare_processes
 
     def embed(self, batch: list[Prepared]) -> tuple[np.ndarray, list[tuple[int, str]]]:
         arrays = [p.array for p in batch]

@@ -49,21 +49,22 @@ def test_the_sensitivity_pass_keeps_the_matmuls_that_help_most(tiny_bert_repo, t
     monkeypatch.setattr(quantize, "MAX_FP32", 1)
     calibration = _calibration(folder)
     recipe = quantize.make_int8(folder / "model.onnx", tmp_path / "q.onnx", calibration)
-    _, fed = quantize.weight_matmuls(onnx.load(str(folder / "model.onnx")).graph)
+    weights, fed = quantize.weight_matmuls(onnx.load(str(folder / "model.onnx")).graph)
     assert len(recipe["kept_fp32"]) == 1 and recipe["kept_fp32"][0] in fed
     kept = {n.name: n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
     assert kept[recipe["kept_fp32"][0]] == "MatMul"
 
+    ref = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    reference = embed(ref, calibration)
+
     def cos(path) -> float:
         s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        ref = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-        return float(cosine_rows(embed(s, calibration), embed(ref, calibration)).min())
+        return float(cosine_rows(embed(s, calibration), reference).min())
 
     assert np.isclose(cos(tmp_path / "q.onnx"), recipe["calibration_cosine_min"], atol=1e-6)
     others = [name for name in fed if name != recipe["kept_fp32"][0]]
     for other in others:  # no other single choice does better on the calibration inputs
-        nodes = [w for w in quantize.weight_matmuls(onnx.load(str(folder / "model.onnx")).graph)[0]
-                if w != other]  # fmt: skip
+        nodes = [w for w in weights if w != other]
         quantize._dynamic(folder / "model.onnx", tmp_path / "o.onnx", nodes, "int8")
         assert cos(tmp_path / "o.onnx") <= recipe["calibration_cosine_min"] + 1e-6
 
