@@ -30,6 +30,28 @@ def sample_photos() -> dict[str, np.ndarray]:
     return photos
 
 
+CALIBRATION_PHOTOS = (
+    "astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "colorwheel",
+    "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "microaneurysms", "moon",
+    "page", "retina", "rocket", "text", "logo",
+)  # fmt: skip
+
+
+def calibration_photos() -> list[np.ndarray]:
+    """RGB uint8 photos for quantisation choices: skimage's bundled images (the sample photos
+    among them) and sklearn's; none of them is in a fidelity probe set."""
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    photos = []
+    for name in CALIBRATION_PHOTOS:
+        image = np.asarray(getattr(skimage.data, name)())
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=-1)
+        photos.append(np.ascontiguousarray(image[..., :3]))  # (logo has an alpha channel)
+    return photos + list(load_sample_images().images)
+
+
 def sample_pixels(cfg: ImagePreprocess) -> tuple[list[str], np.ndarray]:
     """The sample photos preprocessed exactly as the server will: (N, H, W, 3) uint8."""
     from embedder.core.preprocess import image_to_pixels

@@ -5,11 +5,13 @@ from collections import Counter
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 
 from embedder.core.manifest import Manifest
 from embedder.core.preprocess import TextTokenizer
 from export import quantize
-from export.fidelity import cosine_rows, embed
+from export.errors import ExportError
+from export.fidelity import calibration_feeds, cosine_rows, embed, photo_crops
 
 SENTENCES = ["the cat sat on the mat", "a cup of coffee", "markets fell after the rate rise",
              "the striker scored twice", "rain is expected tomorrow"]  # fmt: skip
@@ -65,7 +67,7 @@ def test_the_sensitivity_pass_keeps_the_matmuls_that_help_most(tiny_bert_repo, t
     others = [name for name in fed if name != recipe["kept_fp32"][0]]
     for other in others:  # no other single choice does better on the calibration inputs
         nodes = [w for w in weights if w != other]
-        quantize._dynamic(folder / "model.onnx", tmp_path / "o.onnx", nodes, "int8")
+        quantize._dynamic_int8(folder / "model.onnx", tmp_path / "o.onnx", nodes)
         assert cos(tmp_path / "o.onnx") <= recipe["calibration_cosine_min"] + 1e-6
 
 
@@ -73,3 +75,65 @@ def test_the_recipe_is_recorded_in_the_manifest(tiny_bert_repo):
     variant = Manifest.read(tiny_bert_repo / "tinybert" / "1").variants["int8"]
     assert variant.recipe["scheme"].startswith("dynamic, int8 weights per channel")
     assert "calibration_cosine_min" in variant.recipe
+
+
+class _ImageBackbone:  # what calibration_feeds reads from an export's backbone
+    modality = "image"
+
+    def __init__(self, folder):
+        self.preprocess = Manifest.read(folder).preprocess
+
+
+def test_cnn_int8_is_static_qdq_with_the_stem_the_calibration_chose(tiny_repo, tmp_path,
+                                                                    monkeypatch):  # fmt: skip
+    """Each stem length is tried; the shortest within the tolerance of the best is written,
+    its convolutions left fp32 and every other one quantised between Q/DQ pairs."""
+    folder = tiny_repo / "tiny_image" / "1"
+    src = folder / "model.onnx"
+    graph = onnx.load(str(src)).graph
+    assert quantize.is_convolutional(graph)
+    monkeypatch.setattr(quantize, "STEM_CANDIDATES", (0, 1, 2))
+    monkeypatch.setattr(quantize, "STEM_TOLERANCE", 0.0)  # the best one, ties to the shortest
+    calibration = calibration_feeds(_ImageBackbone(folder))
+    recipe = quantize.make_int8(src, tmp_path / "q.onnx", calibration)
+    assert recipe["scheme"].startswith("static QDQ, int8 weights per channel")
+    sweep = {int(k): v for k, v in recipe["stem_sweep"].items()}
+    assert sorted(sweep) == [0, 1, 2] and recipe["calibration_items"] == 96
+    stem = len(recipe["kept_fp32"])
+    assert stem == min(k for k, v in sweep.items() if v >= max(sweep.values()) - 1e-6)
+    convs = [n.name for n in graph.node if n.op_type == "Conv"]
+    assert recipe["kept_fp32"] == convs[:stem]
+
+    quantised = onnx.load(str(tmp_path / "q.onnx")).graph
+    producer = {out: n.op_type for n in quantised.node for out in n.output}
+    for node in (n for n in quantised.node if n.op_type == "Conv"):
+        weight_from = producer.get(node.input[1], "initializer")
+        assert weight_from == ("initializer" if node.name in convs[:stem] else "DequantizeLinear")
+    reference = embed(ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]),
+                      calibration)  # fmt: skip
+    session = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    cosine = cosine_rows(embed(session, calibration), reference).min()
+    assert np.isclose(cosine, recipe["calibration_cosine_min"], atol=1e-6)
+    assert np.isclose(cosine, sweep[stem], atol=1e-4)
+
+
+def test_static_int8_needs_calibration_inputs(tiny_repo, tmp_path):
+    with pytest.raises(ExportError, match="needs calibration inputs"):
+        quantize.make_int8(tiny_repo / "tiny_image" / "1" / "model.onnx", tmp_path / "q.onnx", [])
+
+
+def test_which_recipe_a_graph_gets(tiny_bert_repo, tiny_repo):
+    text = onnx.load(str(tiny_bert_repo / "tinybert" / "1" / "model.onnx")).graph
+    image = onnx.load(str(tiny_repo / "tiny_image" / "1" / "model.onnx")).graph
+    assert not quantize.is_convolutional(text) and quantize.is_convolutional(image)
+    recipe = Manifest.read(tiny_repo / "tiny_image" / "1").variants["int8"].recipe
+    assert recipe["scheme"].startswith("static QDQ") and "stem_sweep" in recipe
+
+
+def test_image_calibration_is_repeatable_and_covers_gray_and_small_inputs(tiny_repo):
+    cfg = Manifest.read(tiny_repo / "tiny_image" / "1").preprocess
+    crops = photo_crops(cfg, 24)
+    assert crops.shape == (24, 32, 32, 3) and crops.dtype == np.uint8
+    assert np.array_equal(crops, photo_crops(cfg, 24))
+    gray = [c for c in crops if np.array_equal(c[..., 0], c[..., 1])]
+    assert 0 < len(gray) < len(crops)
