@@ -3,11 +3,14 @@ in alternating rounds, with each variant's fidelity gate from the manifest.
 
     python bench/quant_bench.py --repo models --model minilm_l6 --rounds 5
     python bench/quant_bench.py --repo models --model mobilenet_v2 --also /tmp/candidate.onnx
+    python bench/quant_bench.py --repo models --model mobilenet_v2 --stems 0,3,5,8 --gate
 
 Texts: the first 512 BBC News articles cut to 128 tokens, batch 32 (the peer benchmark's load).
 Images: 128 random 224 x 224 pixel arrays, batch 4 (the CPU batch size). One session per file,
 every core; each round measures every file once, in turn, and the table holds the medians of
-the per-round rates and of the per-round ratios to fp32.
+the per-round rates and of the per-round ratios to fp32. `--stems` adds the static int8 recipe
+of a CNN with each of those stem lengths kept fp32 (export/quantize.py), and `--gate` measures
+the fidelity gate of every file on the export's probe sets (otherwise the manifest's is shown).
 """
 
 from __future__ import annotations
@@ -15,15 +18,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from embedder.core.inputs import Preprocessor  # noqa: E402
-from embedder.core.manifest import Manifest  # noqa: E402
+from embedder.core.manifest import Manifest, gate_summary  # noqa: E402
+from export.fidelity import items_in  # noqa: E402
 
 
 def workload(manifest: Manifest, folder: Path) -> list[dict[str, np.ndarray]]:
@@ -42,11 +48,44 @@ def workload(manifest: Manifest, folder: Path) -> list[dict[str, np.ndarray]]:
 
 
 def rate(session, feeds: list[dict[str, np.ndarray]]) -> float:
-    started, items = time.perf_counter(), 0
+    started = time.perf_counter()
     for f in feeds:
         session.run(["features"], f)
-        items += len(next(iter(f.values())))
-    return items / (time.perf_counter() - started)
+    return items_in(feeds) / (time.perf_counter() - started)
+
+
+def backbone_of(manifest: Manifest, folder: Path) -> SimpleNamespace:
+    """What export/fidelity.py reads from a backbone, rebuilt from an exported model."""
+    extra = {}
+    if manifest.modality == "text":
+        extra = {manifest.preprocess.tokenizer_file: folder / manifest.preprocess.tokenizer_file}
+    return SimpleNamespace(modality=manifest.modality, preprocess=manifest.preprocess,
+                           extra_files=extra)  # fmt: skip
+
+
+def stem_variants(manifest: Manifest, folder: Path, stems: list[int], out: Path) -> dict:
+    """The static int8 recipe with each stem length, written under out."""
+    from export.fidelity import calibration_feeds
+    from export.quantize import quiet_quantiser, stem_int8
+
+    calibration = calibration_feeds(backbone_of(manifest, folder))
+    files = {}
+    for k in stems:
+        files[f"static int8, stem {k}"] = out / f"stem{k}.onnx"
+        with quiet_quantiser():
+            stem_int8(folder / manifest.file, out / f"stem{k}.onnx", k, calibration,
+                      out / "ranges.json")  # fmt: skip
+    return files
+
+
+def gates(manifest: Manifest, folder: Path, sessions: dict) -> dict[str, str]:
+    """Each file's fidelity gate, measured now against the fp32 file."""
+    from export.fidelity import embed, gate, probe_sets
+
+    probes = probe_sets(backbone_of(manifest, folder))
+    for p in probes:
+        p.fp32 = embed(sessions["fp32"], p.feeds)
+    return {name: gate_summary(gate(probes, s)) for name, s in sessions.items()}
 
 
 def main() -> None:
@@ -59,12 +98,18 @@ def main() -> None:
     p.add_argument("--version", default="1")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--also", type=Path, nargs="*", default=[], help="other files to compare")
+    p.add_argument("--stems", default="", help="e.g. 0,3,5,8: static int8 with these fp32 stems")
+    p.add_argument("--gate", action="store_true", help="measure every file's fidelity gate")
     args = p.parse_args()
     folder = args.repo / args.model / args.version
     manifest = Manifest.read(folder)
     files = {"fp32": folder / manifest.file}
     files |= {k: folder / v.file for k, v in manifest.variants.items() if v.intended_for == "CPU"}
     files |= {f.name: f for f in args.also}
+    scratch = tempfile.TemporaryDirectory(prefix="quant_bench.")
+    if args.stems:
+        stems = [int(k) for k in args.stems.split(",")]
+        files |= stem_variants(manifest, folder, stems, Path(scratch.name))
     options = ort.SessionOptions()
     options.intra_op_num_threads = len(os.sched_getaffinity(0))
     sessions = {k: ort.InferenceSession(str(f), options, providers=["CPUExecutionProvider"])
@@ -76,13 +121,14 @@ def main() -> None:
     for _ in range(args.rounds):
         for k, s in sessions.items():
             rates[k].append(rate(s, feeds))
+    measured = gates(manifest, folder, sessions) if args.gate else {}
     print(f"{args.model}, {len(os.sched_getaffinity(0))} cores, {args.rounds} alternating rounds")
     print("| file | items/s (median) | vs fp32 (median of rounds) | fidelity gate |")
     print("|---|---|---|---|")
     for k, values in rates.items():
         ratio = np.median(np.array(values) / np.array(rates["fp32"]))
         variant = manifest.variants.get(k)
-        gate = variant.gate_summary() if variant else ""
+        gate = measured.get(k) or (variant.gate_summary() if variant else "")
         print(f"| {k} | {np.median(values):.1f} | {ratio:.2f} | {gate} |")
 
 

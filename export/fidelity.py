@@ -42,6 +42,11 @@ def embed(session, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
     return np.concatenate([session.run(["features"], f)[0] for f in feeds]).astype(np.float64)
 
 
+def items_in(feeds: list[dict[str, np.ndarray]]) -> int:
+    """How many inputs the batches hold."""
+    return sum(len(next(iter(f.values()))) for f in feeds)
+
+
 def _bbc_news(backbone, first: int, count: int, batch: int):
     """Every 7th BBC News article from `first` (`count` of them), tokenised in batches."""
     from embedder.core.preprocess import TextTokenizer
@@ -65,39 +70,14 @@ def probe_sets(backbone, batch: int = 32) -> list[ProbeSet]:
 
 
 def calibration_feeds(backbone, batch: int = 32) -> list[dict[str, np.ndarray]]:
-    """Inputs for quantisation choices, none of them in a probe set (text: 64 other BBC
-    articles; images: 96 crops of packaged photos)."""
+    """Inputs for quantisation choices, none of them in a probe set or among the samples
+    (text: 64 other BBC articles; images: 96 crops of packaged photos)."""
+    from .samples import calibration_photos, photo_crops
+
     if backbone.modality == "text":
         return _bbc_news(backbone, 3, 64, batch)[0]
-    pixels = photo_crops(backbone.preprocess, 96)
+    pixels = photo_crops(backbone.preprocess, 96, calibration_photos())
     return [{"pixels": pixels[i : i + batch]} for i in range(0, len(pixels), batch)]
-
-
-def photo_crops(cfg, count: int, seed: int = 0) -> np.ndarray:
-    """Random crops of the calibration photos, preprocessed as served: a quarter to all of a
-    photo's sides, 30 % in gray and 30 % shrunk to an 8-40 pixel thumbnail first, so that the
-    ranges cover small, flat inputs as well as detailed ones."""
-    from PIL import Image
-
-    from embedder.core.preprocess import image_to_pixels
-
-    from .samples import calibration_photos
-
-    photos, rng, crops = calibration_photos(), np.random.default_rng(seed), []
-    for i in range(count):
-        photo = photos[i % len(photos)]
-        h, w = photo.shape[:2]
-        side = rng.uniform(0.25, 1.0)
-        ch, cw = max(16, int(h * side)), max(16, int(w * side))
-        top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        crop = photo[top : top + ch, left : left + cw]
-        if rng.random() < 0.3:
-            crop = np.repeat(crop.mean(-1, keepdims=True).astype(np.uint8), 3, axis=-1)
-        if rng.random() < 0.3:
-            thumb = int(rng.integers(8, 41))
-            crop = np.asarray(Image.fromarray(crop).resize((thumb, thumb)))
-        crops.append(image_to_pixels(crop, cfg))
-    return np.stack(crops)
 
 
 def _faces() -> tuple[np.ndarray, np.ndarray]:

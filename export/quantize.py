@@ -1,29 +1,33 @@
 """int8 recipes for CPUs, each returning how the file was made (recorded in the manifest).
 
-Text encoders (graphs of MatMuls): dynamic quantisation of the weight MatMuls only, int8 per
-output channel; the activation-by-activation MatMuls of attention stay fp32 (quantising them
-cost MiniLM cosine 0.985 -> 0.990 on the BBC probe for no speed). Then a measured sensitivity
-pass: the MatMuls fed by an activation function (the FFN's down projections, whose inputs have
-the widest ranges) are each tried in fp32 alone, on calibration texts the fidelity gate never
-sees, and the ones that help most stay fp32, one at a time, until the calibration cosine
-reaches CALIBRATION_COSINE or MAX_FP32 of them are kept.
+Transformer encoders, text or ViT (graphs with most weights in MatMuls): dynamic quantisation
+of the weight MatMuls only, int8 per output channel; the activation-by-activation MatMuls of
+attention stay fp32 (quantising them cost MiniLM cosine 0.985 -> 0.990 on the BBC probe for no
+speed). Then a measured sensitivity pass: the MatMuls fed by an activation function (the FFN's
+down projections, whose inputs have the widest ranges) are each tried in fp32 alone, on
+calibration inputs the fidelity gate never sees, and the ones that help most stay fp32, one at
+a time, until the calibration cosine reaches CALIBRATION_COSINE or MAX_FP32 of them are kept.
+On DINOv2 (calibrated on photo crops) it keeps two: 1.80x fp32 at gate cosine 0.983, where
+dynamic uint8 of every Conv and MatMul read 1.35x at 0.972; neither passes (README).
 
 Convolutional graphs (most weights in Convs): static QDQ quantisation, int8 weights per output
 channel and uint8 activations per tensor, ranges from a percentile calibration on photo crops.
 Then a measured sensitivity pass over the stem: the first STEM_CANDIDATES convolutions are kept
-in fp32 in turn, and the shortest stem within STEM_TOLERANCE of the best calibration cosine is
-taken. On MobileNetV2 the stem is where int8 hurts most (cosine min on the calibration crops
-0.43 with none kept, 0.93 with five); the rest of the loss is spread over every layer: keeping
-41 of its 52 convolutions, or the residual adds and projections, in fp32 reached 0.955-0.966 on
-the gate's probes, so per-tensor uint8 activations cannot pass its 0.99 (README).
+in fp32 in turn (each candidate written to its own file) and scored on the calibration crops;
+the shortest stem that reaches CALIBRATION_COSINE is taken, or, when none does, the shortest
+within STEM_TOLERANCE of the best. EfficientNet-Lite0 keeps eight and passes its gate. On
+MobileNetV2 the stem is where int8 hurts most (gate cosine min 0.44 with none kept, 0.93 with
+five); the rest of the loss is spread over every layer: keeping 41 of its 52 convolutions, or
+the residual adds and projections, in fp32 reached 0.955-0.966 on the gate's probes, so
+per-tensor uint8 activations cannot pass its 0.99 (README).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import shutil
 import tempfile
-from collections.abc import Callable
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
@@ -31,18 +35,22 @@ import numpy as np
 import onnx
 
 from .errors import ExportError
-from .fidelity import cosine_rows, embed
+from .fidelity import cosine_rows, embed, items_in
 
-CALIBRATION_COSINE = 0.993  # on calibration texts: margin over the gate's 0.99 on its own set
+CALIBRATION_COSINE = 0.993  # on calibration inputs: a margin over the gate's 0.99 on its probes
 MAX_FP32 = 2  # each kept MatMul costs speed (all six of MiniLM's: 1.9x -> 1.6x)
 STEM_CANDIDATES = (0, 3, 5, 8)  # leading convolutions kept in fp32, tried in turn
-STEM_TOLERANCE = 0.03  # a longer stem must gain more: MobileNetV2's 5 -> 8 gained 0.026 for
-# 13 % of the speed (1.76x -> 1.53x fp32)
+STEM_PERCENTILE = 5  # a stem is scored by this percentile of its calibration cosines: the crops
+# hold deliberate extremes, and their minimum is one crop (it ranked EfficientNet-Lite0's stems
+# 5 above 8, the gate 8 above 5; the 5th percentile ranks them as the gate does on both CNNs)
+STEM_TOLERANCE = 0.01  # when no stem reaches CALIBRATION_COSINE, a longer one must gain more
+# than this: MobileNetV2's 5 -> 8 gained 0.006 for 9 % of the speed (1.72x -> 1.53x fp32)
 ACTIVATIONS = {"Mul", "Gelu", "FastGelu", "Relu", "Tanh", "Sigmoid", "Erf"}
+Feeds = list[dict[str, np.ndarray]]  # batches of named inputs
 
 
 @contextmanager
-def _quiet_quantiser():
+def quiet_quantiser():
     """onnxruntime's quantiser logs advice at WARNING on the root logger, and its percentile
     calibration prints its progress."""
     root = logging.getLogger()
@@ -74,16 +82,28 @@ def is_convolutional(graph: onnx.GraphProto) -> bool:
     return in_ops["Conv"] > in_ops["MatMul"] + in_ops["Gemm"]
 
 
-def make_int8(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]]) -> dict:
+def make_int8(src: Path, dst: Path, calibration: Feeds) -> dict:
     """Writes dst; returns the recipe (scheme, nodes kept fp32, calibration cosine)."""
-    graph = onnx.load(str(src), load_external_data=False).graph
-    if is_convolutional(graph):
-        return _conv_recipe(src, dst, graph, calibration)
-    weights, candidates = weight_matmuls(graph)
-    score = _scorer(src, dst, calibration, _dynamic_int8)
+    with tempfile.TemporaryDirectory(prefix="int8.") as tmp:
+        src = _with_node_names(src, Path(tmp))
+        graph = onnx.load(str(src), load_external_data=False).graph
+        if is_convolutional(graph):
+            return _conv_recipe(src, dst, calibration, Path(tmp))
+        return _matmul_recipe(src, dst, graph, calibration)
 
-    def quantised(keep: list[str]) -> float:
-        return score([w for w in weights if w not in keep])
+
+def _matmul_recipe(src: Path, dst: Path, graph: onnx.GraphProto, calibration: Feeds) -> dict:
+    weights, candidates = weight_matmuls(graph)
+    if not weights:
+        raise ExportError(f"{src.name} has no MatMul with a constant weight, so its int8 recipe "
+                          "has nothing to quantise (Gemm layers are not quantised); export it "
+                          "without the int8 variant")  # fmt: skip
+    reference = _reference(src, calibration)
+
+    def quantised(keep: list[str]) -> float:  # writes dst
+        with quiet_quantiser():
+            _dynamic_int8(src, dst, [w for w in weights if w not in keep])
+        return float(_cosines(dst, calibration, reference).min())
 
     keep: list[str] = []
     cosine = quantised(keep)
@@ -91,79 +111,113 @@ def make_int8(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]]) ->
         alone = {c: quantised([c]) for c in candidates}  # the measured sensitivity
         for name in sorted(candidates, key=alone.__getitem__, reverse=True)[:MAX_FP32]:
             keep.append(name)
-            cosine = quantised(keep)
+            cosine = quantised(keep)  # dst holds the last one tried: this one
             if cosine >= CALIBRATION_COSINE:
                 break
     return {
         "scheme": "dynamic, int8 weights per channel, weight MatMuls only",
         "kept_fp32": keep,
         "calibration_cosine_min": cosine,
-        "calibration_items": sum(len(next(iter(f.values()))) for f in calibration),
+        "calibration_items": items_in(calibration),
     }
 
 
-def _conv_recipe(src: Path, dst: Path, graph: onnx.GraphProto, calibration: Feeds) -> dict:
+def _conv_recipe(src: Path, dst: Path, calibration: Feeds, tmp: Path) -> dict:
     if not calibration:
         raise ExportError("static int8 of a convolutional graph needs calibration inputs; "
                           "pass the feeds of fidelity.calibration_feeds(backbone)")  # fmt: skip
-    convs = [n.name for n in graph.node if n.op_type == "Conv"]  # in graph (topological) order
-    with tempfile.TemporaryDirectory(prefix="calibration.") as tmp:
-        ranges = Path(tmp) / "ranges.json"  # calibrated once, then reused by every candidate
-
-        def quantise(s: Path, d: Path, kept: list[str]) -> None:
-            _static(s, d, kept, calibration, ranges)
-
-        score = _scorer(src, dst, calibration, quantise)
-        sweep = {k: score(convs[:k]) for k in STEM_CANDIDATES if k < len(convs)}
-        best = max(sweep.values())
-        stem = min(k for k, cosine in sweep.items() if cosine >= best - STEM_TOLERANCE)
-        if stem != max(sweep):  # dst holds the last one tried
-            score(convs[:stem])
+    reference = _reference(src, calibration)
+    convs = sum(n.op_type == "Conv" for n in onnx.load(str(src)).graph.node)
+    ranges = tmp / "ranges.json"  # calibrated once, then reused by every candidate
+    files, kept, sweep, minimum = {}, {}, {}, {}
+    for k in (k for k in STEM_CANDIDATES if k < convs):
+        files[k] = tmp / f"stem{k}.onnx"
+        with quiet_quantiser():
+            kept[k] = stem_int8(src, files[k], k, calibration, ranges)
+        cosines = _cosines(files[k], calibration, reference)
+        sweep[k] = round(float(np.percentile(cosines, STEM_PERCENTILE)), 6)
+        minimum[k] = float(cosines.min())
+    reaching = [k for k, score in sweep.items() if score >= CALIBRATION_COSINE]
+    best = max(sweep.values())
+    stem = min(reaching or [k for k, score in sweep.items() if score >= best - STEM_TOLERANCE])
+    shutil.move(files[stem], dst)
     return {
         "scheme": "static QDQ, int8 weights per channel, uint8 activations per tensor "
         "(percentile calibration)",
-        "kept_fp32": convs[:stem],
-        "calibration_cosine_min": sweep[stem],
-        "calibration_items": sum(len(next(iter(f.values()))) for f in calibration),
-        "stem_sweep": {str(k): round(v, 6) for k, v in sweep.items()},
+        "kept_fp32": kept[stem],
+        "calibration_cosine_min": minimum[stem],
+        f"calibration_cosine_p{STEM_PERCENTILE}": sweep[stem],
+        "calibration_items": items_in(calibration),
+        "stem_sweep": {str(k): v for k, v in sweep.items()},
     }
 
 
-Feeds = list[dict[str, np.ndarray]]
-Quantiser = Callable[[Path, Path, list[str]], None]
+def stem_int8(src: Path, dst: Path, stem: int, calibration: Feeds, ranges: Path) -> list[str]:
+    """Static int8 of a convolutional graph with its first `stem` convolutions (in graph
+    order) kept fp32; returns their names."""
+    graph = onnx.load(str(src), load_external_data=False).graph
+    if not is_convolutional(graph):
+        raise ExportError(f"{src.name} keeps most of its weights outside convolutions; "
+                          "quantise it with make_int8, which picks its recipe")  # fmt: skip
+    kept = [n.name for n in graph.node if n.op_type == "Conv"][:stem]
+    if not all(kept):
+        raise ExportError(f"{src.name} has unnamed Conv nodes, which cannot be kept fp32 by "
+                          "name; quantise it with make_int8, which names them")  # fmt: skip
+    static_int8(src, dst, kept, calibration, ranges)
+    return kept
 
 
-def _scorer(src: Path, dst: Path, calibration: Feeds,
-            quantise: Quantiser) -> Callable[[list[str]], float]:  # fmt: skip
-    """A function that quantises into dst (with `nodes`) and returns its cosine min on the
-    calibration inputs (nan without them)."""
+def _with_node_names(src: Path, tmp: Path) -> Path:
+    """src, or a copy of it under tmp in which every node has a name (recipes keep nodes in
+    fp32 by name)."""
+    model = onnx.load(str(src))
+    unnamed = [n for n in model.graph.node if not n.name]
+    if not unnamed:
+        return src
+    taken = {n.name for n in model.graph.node}
+    for i, node in enumerate(unnamed):
+        name = f"{node.op_type}_{i}"
+        while name in taken:
+            name += "_"
+        node.name = name
+        taken.add(name)
+    named = tmp / src.name
+    onnx.save(model, str(named))
+    return named
+
+
+def _reference(src: Path, calibration: Feeds) -> np.ndarray | None:
     import onnxruntime as ort
 
-    reference = None
-    if calibration:
-        fp32 = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
-        reference = embed(fp32, calibration)
+    if not calibration:
+        return None
+    return embed(ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]), calibration)
 
-    def score(nodes: list[str]) -> float:
-        with _quiet_quantiser():
-            quantise(src, dst, nodes)
-        if reference is None:
-            return float("nan")
-        session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
-        return float(cosine_rows(embed(session, calibration), reference).min())
 
-    return score
+def _cosines(path: Path, calibration: Feeds, reference: np.ndarray | None) -> np.ndarray:
+    """The file's cosine to fp32 on each calibration input (one nan without them)."""
+    import onnxruntime as ort
+
+    if reference is None:
+        return np.array([np.nan])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return cosine_rows(embed(session, calibration), reference)
 
 
 def _dynamic_int8(src: Path, dst: Path, nodes: list[str]) -> None:
-    """Dynamic quantisation of `nodes` (an empty list would quantise every MatMul)."""
+    """Dynamic quantisation of `nodes`, int8 weights per output channel."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    if not nodes:  # onnxruntime reads an empty list as "every MatMul"
+        raise ExportError("dynamic int8 was asked to quantise no node; keep fewer in fp32")
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                     nodes_to_quantize=nodes or None)  # fmt: skip
+                     nodes_to_quantize=nodes)  # fmt: skip
 
 
-def _static(src: Path, dst: Path, kept_fp32: list[str], calibration: Feeds, ranges: Path) -> None:
+def static_int8(src: Path, dst: Path, kept_fp32: list[str], calibration: Feeds,
+                ranges: Path) -> None:  # fmt: skip
+    """Static QDQ int8 of every node but `kept_fp32`; the calibrated ranges are cached in
+    `ranges` (computed when it does not exist yet)."""
     from onnxruntime import quantization as q
 
     class Reader(q.CalibrationDataReader):

@@ -31,17 +31,29 @@ def sample_photos() -> dict[str, np.ndarray]:
 
 
 CALIBRATION_PHOTOS = (
-    "astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "colorwheel",
-    "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "microaneurysms", "moon",
-    "page", "retina", "rocket", "text", "logo",
-)  # fmt: skip
+    "brick",
+    "camera",
+    "cell",
+    "clock",
+    "coins",
+    "colorwheel",
+    "grass",
+    "gravel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "microaneurysms",
+    "moon",
+    "page",
+    "retina",
+    "text",
+    "logo",
+)  # fmt: skip  (skimage's bundled images but the sample photos)
 
 
 def calibration_photos() -> list[np.ndarray]:
-    """RGB uint8 photos for quantisation choices: skimage's bundled images (the sample photos
-    among them) and sklearn's; none of them is in a fidelity probe set."""
+    """RGB uint8 photos for quantisation choices: skimage's bundled images and its stereo pair,
+    none of them a sample photo (whose cosines the export table reports) or in a probe set."""
     import skimage.data
-    from sklearn.datasets import load_sample_images
 
     photos = []
     for name in CALIBRATION_PHOTOS:
@@ -49,7 +61,35 @@ def calibration_photos() -> list[np.ndarray]:
         if image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=-1)
         photos.append(np.ascontiguousarray(image[..., :3]))  # (logo has an alpha channel)
-    return photos + list(load_sample_images().images)
+    left, right, _ = skimage.data.stereo_motorcycle()
+    return [*photos, left, right]
+
+
+def photo_crops(cfg: ImagePreprocess, count: int, photos: list[np.ndarray],
+                seed: int = 0) -> np.ndarray:  # fmt: skip
+    """Random crops of the photos, preprocessed as served: a quarter to all of a photo's sides,
+    each turned gray with probability 0.3 and shrunk to an 8-40 pixel thumbnail first with
+    probability 0.3, so that calibration ranges cover small, flat inputs as well as detailed
+    ones. (N, H, W, 3) uint8."""
+    from PIL import Image
+
+    from embedder.core.preprocess import image_to_pixels
+
+    rng, crops = np.random.default_rng(seed), []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        side = rng.uniform(0.25, 1.0)
+        ch, cw = max(16, int(h * side)), max(16, int(w * side))
+        top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        crop = photo[top : top + ch, left : left + cw]
+        if rng.random() < 0.3:
+            crop = np.repeat(crop.mean(-1, keepdims=True).astype(np.uint8), 3, axis=-1)
+        if rng.random() < 0.3:
+            thumb = int(rng.integers(8, 41))
+            crop = np.asarray(Image.fromarray(crop).resize((thumb, thumb)))
+        crops.append(image_to_pixels(crop, cfg))
+    return np.stack(crops)
 
 
 def sample_pixels(cfg: ImagePreprocess) -> tuple[list[str], np.ndarray]:

@@ -93,13 +93,17 @@ class Variant:
 
     def gate_summary(self) -> str:
         """One line for tables, `embedder-client models` and warnings."""
-        g = self.gate
-        if not g:
-            return "no fidelity gate recorded (exported before gates; re-export to measure)"
-        verdict = "passed" if g["passed"] else "FAILED"
-        probe, overlap = g["probe_change_points"], g["knn10_overlap"]
-        return (f"fidelity gate {verdict}: cosine min {g['cosine_min']:.4f}, linear probe "
-                f"{probe:+.1f} pt, 10-NN overlap {overlap:.2f}")  # fmt: skip
+        return gate_summary(self.gate)
+
+
+def gate_summary(gate: dict) -> str:
+    """One line of a fidelity gate's verdict and worst figures (export/fidelity.py's gate)."""
+    if not gate:
+        return "no fidelity gate recorded (exported before gates; re-export to measure)"
+    verdict = "passed" if gate["passed"] else "FAILED"
+    probe, overlap = gate["probe_change_points"], gate["knn10_overlap"]
+    return (f"fidelity gate {verdict}: cosine min {gate['cosine_min']:.4f}, linear probe "
+            f"{probe:+.1f} pt, 10-NN overlap {overlap:.2f}")  # fmt: skip
 
 
 @dataclass(frozen=True)
