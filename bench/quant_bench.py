@@ -66,25 +66,23 @@ def backbone_of(manifest: Manifest, folder: Path) -> SimpleNamespace:
 def stem_variants(manifest: Manifest, folder: Path, stems: list[int], out: Path) -> dict:
     """The static int8 recipe with each stem length, written under out."""
     from export.fidelity import calibration_feeds
-    from export.quantize import quiet_quantiser, stem_int8
+    from export.quantize import quiet_quantiser, stem_int8, with_node_names
 
     calibration = calibration_feeds(backbone_of(manifest, folder))
-    files = {}
+    src, files = with_node_names(folder / manifest.file, out), {}
     for k in stems:
         files[f"static int8, stem {k}"] = out / f"stem{k}.onnx"
         with quiet_quantiser():
-            stem_int8(folder / manifest.file, out / f"stem{k}.onnx", k, calibration,
-                      out / "ranges.json")  # fmt: skip
+            stem_int8(src, out / f"stem{k}.onnx", k, calibration, out / "ranges.json")
     return files
 
 
 def gates(manifest: Manifest, folder: Path, sessions: dict) -> dict[str, str]:
     """Each file's fidelity gate, measured now against the fp32 file."""
-    from export.fidelity import embed, gate, probe_sets
+    from export.fidelity import embed_fp32, gate, probe_sets
 
     probes = probe_sets(backbone_of(manifest, folder))
-    for p in probes:
-        p.fp32 = embed(sessions["fp32"], p.feeds)
+    embed_fp32(probes, sessions["fp32"])
     return {name: gate_summary(gate(probes, s)) for name, s in sessions.items()}
 
 
@@ -106,7 +104,7 @@ def main() -> None:
     files = {"fp32": folder / manifest.file}
     files |= {k: folder / v.file for k, v in manifest.variants.items() if v.intended_for == "CPU"}
     files |= {f.name: f for f in args.also}
-    scratch = tempfile.TemporaryDirectory(prefix="quant_bench.")
+    scratch = tempfile.TemporaryDirectory(prefix="quant_bench.")  # removed at exit
     if args.stems:
         stems = [int(k) for k in args.stems.split(",")]
         files |= stem_variants(manifest, folder, stems, Path(scratch.name))

@@ -42,6 +42,16 @@ def embed(session, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
     return np.concatenate([session.run(["features"], f)[0] for f in feeds]).astype(np.float64)
 
 
+def embed_fp32(probes: list[ProbeSet], session) -> None:
+    """Fills each probe set's fp32 embeddings, the ones every variant is measured against."""
+    for p in probes:
+        p.fp32 = embed(session, p.feeds)
+
+
+def pixel_batches(pixels: np.ndarray, batch: int) -> list[dict[str, np.ndarray]]:
+    return [{"pixels": pixels[i : i + batch]} for i in range(0, len(pixels), batch)]
+
+
 def items_in(feeds: list[dict[str, np.ndarray]]) -> int:
     """How many inputs the batches hold."""
     return sum(len(next(iter(f.values()))) for f in feeds)
@@ -76,8 +86,7 @@ def calibration_feeds(backbone, batch: int = 32) -> list[dict[str, np.ndarray]]:
 
     if backbone.modality == "text":
         return _bbc_news(backbone, 3, 64, batch)[0]
-    pixels = photo_crops(backbone.preprocess, 96, calibration_photos())
-    return [{"pixels": pixels[i : i + batch]} for i in range(0, len(pixels), batch)]
+    return pixel_batches(photo_crops(backbone.preprocess, 96, calibration_photos()), batch)
 
 
 def _faces() -> tuple[np.ndarray, np.ndarray]:
@@ -100,8 +109,7 @@ def _images(name: str, gray: np.ndarray, labels: np.ndarray, backbone, batch: in
 
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     pixels = np.stack([image_to_pixels(img, backbone.preprocess) for img in rgb])
-    feeds = [{"pixels": pixels[i : i + batch]} for i in range(0, len(pixels), batch)]
-    return ProbeSet(name, feeds, labels)
+    return ProbeSet(name, pixel_batches(pixels, batch), labels)
 
 
 def probe_accuracy(X: np.ndarray, y: np.ndarray) -> float:
@@ -146,7 +154,11 @@ def gate(probes: list[ProbeSet], variant_session) -> dict:
         "probe_change_points": min(r["probe_change_points"] for r in rows),
         "knn10_overlap": min(r["knn10_overlap"] for r in rows),
     }
-    passed = all(r["cosine_min"] >= COSINE_MIN and r["knn10_overlap"] >= KNN_OVERLAP
-                 and r["probe_change_points"] >= -r["probe_allowed_drop_points"]
-                 for r in rows)  # fmt: skip
-    return {"passed": passed, **worst, "probes": rows}
+    return {"passed": all(map(probe_passes, rows)), **worst, "probes": rows}
+
+
+def probe_passes(row: dict) -> bool:
+    """One probe set's verdict. A drop of exactly the allowed items passes: the fold means
+    carry float noise (two items of 300 read -0.6666666666666599 points)."""
+    drop_ok = row["probe_change_points"] >= -row["probe_allowed_drop_points"] - 1e-9
+    return row["cosine_min"] >= COSINE_MIN and row["knn10_overlap"] >= KNN_OVERLAP and drop_ok

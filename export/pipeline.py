@@ -26,7 +26,7 @@ from embedder.core.manifest import (
 
 from .config import PretrainedCfg
 from .errors import ParityError, SanityCheckError, UnknownLayerError, VersionExistsError
-from .fidelity import calibration_feeds, embed, probe_sets
+from .fidelity import calibration_feeds, embed_fp32, probe_sets
 from .registry import resolve
 from .samples import SAMPLE_SENTENCES, sample_pixels
 from .variants import build_variant
@@ -144,8 +144,7 @@ def _export_into(staging, config, pcfg, backbone, layer, name, started) -> Manif
     is_default_cut = layer == backbone.default_layer
     sanity = check_sanity(backbone, pcfg) if config.check_sanity and is_default_cut else {}
     probes = probe_sets(backbone) if config.variants else []
-    for p in probes:  # the fp32 embeddings every variant is measured against
-        p.fp32 = embed(session, p.feeds)
+    embed_fp32(probes, session)
     calibration = calibration_feeds(backbone) if "int8" in config.variants else []
     variants = {v: build_variant(v, staging, inputs, features, probes, calibration)
                 for v in config.variants}  # fmt: skip

@@ -42,11 +42,14 @@ MAX_FP32 = 2  # each kept MatMul costs speed (all six of MiniLM's: 1.9x -> 1.6x)
 STEM_CANDIDATES = (0, 3, 5, 8)  # leading convolutions kept in fp32, tried in turn
 STEM_PERCENTILE = 5  # a stem is scored by this percentile of its calibration cosines: the crops
 # hold deliberate extremes, and their minimum is one crop (it ranked EfficientNet-Lite0's stems
-# 5 above 8, the gate 8 above 5; the 5th percentile ranks them as the gate does on both CNNs)
+# 5 above 8, the gate 8 above 5; the 5th percentile ranks them as the gate does on both CNNs,
+# a choice made after seeing the gate's figures)
 STEM_TOLERANCE = 0.01  # when no stem reaches CALIBRATION_COSINE, a longer one must gain more
-# than this: MobileNetV2's 5 -> 8 gained 0.006 for 9 % of the speed (1.72x -> 1.53x fp32)
+# than this: MobileNetV2's 5 -> 8 gained 0.006 for 11 % of the speed (1.72x -> 1.53x fp32)
 ACTIVATIONS = {"Mul", "Gelu", "FastGelu", "Relu", "Tanh", "Sigmoid", "Erf"}
 Feeds = list[dict[str, np.ndarray]]  # batches of named inputs
+CALIBRATION_CHUNK = 8  # inputs whose intermediate tensors the calibration holds at once (all 96
+# at once took the demo's peak memory from 2.3 GB to 7.6 GB)
 
 
 @contextmanager
@@ -84,20 +87,24 @@ def is_convolutional(graph: onnx.GraphProto) -> bool:
 
 def make_int8(src: Path, dst: Path, calibration: Feeds) -> dict:
     """Writes dst; returns the recipe (scheme, nodes kept fp32, calibration cosine)."""
+    if not calibration:
+        raise ExportError("int8 needs calibration inputs for its choices; pass the feeds of "
+                          "fidelity.calibration_feeds(backbone)")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="int8.") as tmp:
-        src = _with_node_names(src, Path(tmp))
+        src = with_node_names(src, Path(tmp))
         graph = onnx.load(str(src), load_external_data=False).graph
         if is_convolutional(graph):
-            return _conv_recipe(src, dst, calibration, Path(tmp))
+            return _conv_recipe(src, dst, graph, calibration, Path(tmp))
         return _matmul_recipe(src, dst, graph, calibration)
 
 
 def _matmul_recipe(src: Path, dst: Path, graph: onnx.GraphProto, calibration: Feeds) -> dict:
-    weights, candidates = weight_matmuls(graph)
+    weights, fed = weight_matmuls(graph)
     if not weights:
         raise ExportError(f"{src.name} has no MatMul with a constant weight, so its int8 recipe "
                           "has nothing to quantise (Gemm layers are not quantised); export it "
                           "without the int8 variant")  # fmt: skip
+    candidates = fed if len(weights) > 1 else []  # at least one MatMul stays int8
     reference = _reference(src, calibration)
 
     def quantised(keep: list[str]) -> float:  # writes dst
@@ -107,9 +114,10 @@ def _matmul_recipe(src: Path, dst: Path, graph: onnx.GraphProto, calibration: Fe
 
     keep: list[str] = []
     cosine = quantised(keep)
-    if cosine < CALIBRATION_COSINE and calibration:
+    if cosine < CALIBRATION_COSINE:
         alone = {c: quantised([c]) for c in candidates}  # the measured sensitivity
-        for name in sorted(candidates, key=alone.__getitem__, reverse=True)[:MAX_FP32]:
+        most = min(MAX_FP32, len(weights) - 1)
+        for name in sorted(candidates, key=alone.__getitem__, reverse=True)[:most]:
             keep.append(name)
             cosine = quantised(keep)  # dst holds the last one tried: this one
             if cosine >= CALIBRATION_COSINE:
@@ -122,12 +130,10 @@ def _matmul_recipe(src: Path, dst: Path, graph: onnx.GraphProto, calibration: Fe
     }
 
 
-def _conv_recipe(src: Path, dst: Path, calibration: Feeds, tmp: Path) -> dict:
-    if not calibration:
-        raise ExportError("static int8 of a convolutional graph needs calibration inputs; "
-                          "pass the feeds of fidelity.calibration_feeds(backbone)")  # fmt: skip
+def _conv_recipe(src: Path, dst: Path, graph: onnx.GraphProto, calibration: Feeds,
+                 tmp: Path) -> dict:  # fmt: skip
     reference = _reference(src, calibration)
-    convs = sum(n.op_type == "Conv" for n in onnx.load(str(src)).graph.node)
+    convs = sum(n.op_type == "Conv" for n in graph.node)
     ranges = tmp / "ranges.json"  # calibrated once, then reused by every candidate
     files, kept, sweep, minimum = {}, {}, {}, {}
     for k in (k for k in STEM_CANDIDATES if k < convs):
@@ -137,19 +143,27 @@ def _conv_recipe(src: Path, dst: Path, calibration: Feeds, tmp: Path) -> dict:
         cosines = _cosines(files[k], calibration, reference)
         sweep[k] = round(float(np.percentile(cosines, STEM_PERCENTILE)), 6)
         minimum[k] = float(cosines.min())
-    reaching = [k for k, score in sweep.items() if score >= CALIBRATION_COSINE]
-    best = max(sweep.values())
-    stem = min(reaching or [k for k, score in sweep.items() if score >= best - STEM_TOLERANCE])
+    stem = choose_stem(sweep)
     shutil.move(files[stem], dst)
     return {
         "scheme": "static QDQ, int8 weights per channel, uint8 activations per tensor "
         "(percentile calibration)",
-        "kept_fp32": kept[stem],
+        "kept_fp32": kept[stem],  # names as in the int8 file (given to unnamed nodes there)
         "calibration_cosine_min": minimum[stem],
         f"calibration_cosine_p{STEM_PERCENTILE}": sweep[stem],
         "calibration_items": items_in(calibration),
         "stem_sweep": {str(k): v for k, v in sweep.items()},
     }
+
+
+def choose_stem(sweep: dict[int, float]) -> int:
+    """The shortest stem whose score reaches CALIBRATION_COSINE, else the shortest within
+    STEM_TOLERANCE of the best score."""
+    if not sweep:
+        raise ExportError(f"no stem length of {STEM_CANDIDATES} fits the graph's convolutions")
+    reaching = [k for k, score in sweep.items() if score >= CALIBRATION_COSINE]
+    best = max(sweep.values())
+    return min(reaching or [k for k, score in sweep.items() if score >= best - STEM_TOLERANCE])
 
 
 def stem_int8(src: Path, dst: Path, stem: int, calibration: Feeds, ranges: Path) -> list[str]:
@@ -162,20 +176,19 @@ def stem_int8(src: Path, dst: Path, stem: int, calibration: Feeds, ranges: Path)
     kept = [n.name for n in graph.node if n.op_type == "Conv"][:stem]
     if not all(kept):
         raise ExportError(f"{src.name} has unnamed Conv nodes, which cannot be kept fp32 by "
-                          "name; quantise it with make_int8, which names them")  # fmt: skip
+                          "name; name them first with with_node_names")  # fmt: skip
     static_int8(src, dst, kept, calibration, ranges)
     return kept
 
 
-def _with_node_names(src: Path, tmp: Path) -> Path:
+def with_node_names(src: Path, tmp: Path) -> Path:
     """src, or a copy of it under tmp in which every node has a name (recipes keep nodes in
     fp32 by name)."""
-    model = onnx.load(str(src))
-    unnamed = [n for n in model.graph.node if not n.name]
-    if not unnamed:
+    if all(n.name for n in onnx.load(str(src), load_external_data=False).graph.node):
         return src
+    model = onnx.load(str(src))
     taken = {n.name for n in model.graph.node}
-    for i, node in enumerate(unnamed):
+    for i, node in enumerate(n for n in model.graph.node if not n.name):
         name = f"{node.op_type}_{i}"
         while name in taken:
             name += "_"
@@ -186,22 +199,23 @@ def _with_node_names(src: Path, tmp: Path) -> Path:
     return named
 
 
-def _reference(src: Path, calibration: Feeds) -> np.ndarray | None:
+def _reference(src: Path, calibration: Feeds) -> np.ndarray:
     import onnxruntime as ort
 
-    if not calibration:
-        return None
     return embed(ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]), calibration)
 
 
-def _cosines(path: Path, calibration: Feeds, reference: np.ndarray | None) -> np.ndarray:
-    """The file's cosine to fp32 on each calibration input (one nan without them)."""
+def _cosines(path: Path, calibration: Feeds, reference: np.ndarray) -> np.ndarray:
+    """The file's cosine to fp32 on each calibration input."""
     import onnxruntime as ort
 
-    if reference is None:
-        return np.array([np.nan])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return cosine_rows(embed(session, calibration), reference)
+    cosines = cosine_rows(embed(session, calibration), reference)
+    if not np.isfinite(cosines).all():
+        raise ExportError(f"the int8 graph gives non-finite features on calibration inputs "
+                          f"({int((~np.isfinite(cosines)).sum())} of {len(cosines)}); export "
+                          "without the int8 variant")  # fmt: skip
+    return cosines
 
 
 def _dynamic_int8(src: Path, dst: Path, nodes: list[str]) -> None:
@@ -220,9 +234,22 @@ def static_int8(src: Path, dst: Path, kept_fp32: list[str], calibration: Feeds,
     `ranges` (computed when it does not exist yet)."""
     from onnxruntime import quantization as q
 
+    step = CALIBRATION_CHUNK
+    chunks = [{k: v[i : i + step] for k, v in feeds.items()}
+              for feeds in calibration for i in range(0, items_in([feeds]), step)]  # fmt: skip
+
     class Reader(q.CalibrationDataReader):
+        """The chunks, handed out a range at a time: onnxruntime's calibrator keeps every
+        intermediate tensor of a range, adds them to its histograms, then lets them go."""
+
         def __init__(self):
-            self.batches = iter(calibration)
+            self.batches = iter(chunks)
+
+        def __len__(self):
+            return len(chunks)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.batches = iter(chunks[start_index:end_index])
 
         def get_next(self):
             return next(self.batches, None)
@@ -231,4 +258,5 @@ def static_int8(src: Path, dst: Path, kept_fp32: list[str], calibration: Feeds,
                       per_channel=True, activation_type=q.QuantType.QUInt8,
                       weight_type=q.QuantType.QInt8, nodes_to_exclude=kept_fp32,
                       calibrate_method=q.CalibrationMethod.Percentile,
-                      calibration_cache_path=ranges)  # fmt: skip
+                      calibration_cache_path=ranges,
+                      extra_options={"CalibStridedMinMax": 1})  # fmt: skip

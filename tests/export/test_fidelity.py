@@ -8,7 +8,7 @@ import onnxruntime as ort
 from server_helpers import running_server
 
 from embedder.core.manifest import Manifest
-from export.fidelity import embed, gate, knn_overlap, probe_sets
+from export.fidelity import embed, gate, knn_overlap, probe_passes, probe_sets
 
 
 def test_every_variant_of_an_export_carries_its_gate(tiny_repo):
@@ -51,6 +51,18 @@ def test_a_variant_that_changes_the_embeddings_fails_and_an_identical_one_passes
     assert same["passed"] and same["cosine_min"] > 0.9999 and same["knn10_overlap"] == 1.0
     changed = gate(probes, theirs)
     assert not changed["passed"] and changed["cosine_min"] < 0.99
+
+
+def test_a_probe_may_lose_the_allowed_items_and_no_more():
+    """Measured: EfficientNet-Lite0's int8 on the digits, two of 300 items down."""
+    row = {"cosine_min": 0.9962, "knn10_overlap": 0.927, "probe_allowed_drop_points": 2 / 3,
+           "probe_accuracy_fp32": 0.9033333333333333, "probe_accuracy": 0.8966666666666667,
+           "probe_change_points": -0.6666666666666599}  # fmt: skip
+    assert probe_passes(row)
+    assert probe_passes(row | {"probe_change_points": -0.6666666666666734})  # noise the other way
+    assert not probe_passes(row | {"probe_change_points": -1.0})  # three items
+    assert not probe_passes(row | {"cosine_min": 0.9899})
+    assert not probe_passes(row | {"knn10_overlap": 0.899})
 
 
 def test_neighbour_overlap():

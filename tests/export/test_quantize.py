@@ -13,7 +13,7 @@ from embedder.core.preprocess import TextTokenizer
 from export import quantize
 from export.errors import ExportError
 from export.fidelity import calibration_feeds, cosine_rows, embed
-from export.samples import photo_crops
+from export.samples import CALIBRATION_PHOTOS, photo_crops
 
 SENTENCES = ["the cat sat on the mat", "a cup of coffee", "markets fell after the rate rise",
              "the striker scored twice", "rain is expected tomorrow"]  # fmt: skip
@@ -134,7 +134,7 @@ def test_cnn_int8_is_static_qdq_with_the_stem_the_calibration_chose(tiny_repo, t
                       calibration)  # fmt: skip
     session = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
     cosines = cosine_rows(embed(session, calibration), reference)  # of the file written
-    assert round(float(np.percentile(cosines, 5)), 6) == sweep[stem]
+    assert round(float(np.percentile(cosines, quantize.STEM_PERCENTILE)), 6) == sweep[stem]
     assert np.isclose(cosines.min(), recipe["calibration_cosine_min"], atol=1e-9)
 
 
@@ -194,9 +194,30 @@ def test_the_stem_recipe_refuses_a_transformer(tiny_bert_repo, tmp_path):
                            tmp_path / "ranges.json")  # fmt: skip
 
 
-def test_static_int8_needs_calibration_inputs(tiny_repo, tmp_path):
+@pytest.mark.parametrize("model", ["tiny_image", "tinybert"])
+def test_int8_needs_calibration_inputs(tiny_repo, tiny_bert_repo, tmp_path, model):
+    repo = tiny_repo if model == "tiny_image" else tiny_bert_repo
     with pytest.raises(ExportError, match="needs calibration inputs"):
-        quantize.make_int8(tiny_repo / "tiny_image" / "1" / "model.onnx", tmp_path / "q.onnx", [])
+        quantize.make_int8(repo / model / "1" / "model.onnx", tmp_path / "q.onnx", [])
+    assert not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "sweep, stem",
+    [
+        ({0: 0.923, 3: 0.984, 5: 0.9924, 8: 0.9944}, 8),  # EfficientNet-Lite0: 8 reaches 0.993
+        ({0: 0.5, 3: 0.940, 5: 0.954, 8: 0.960}, 5),  # MobileNetV2: none does; 5 is within 0.01
+        ({0: 0.995, 3: 0.999, 5: 0.999}, 0),  # the shortest that reaches it, not the best
+        ({0: 0.90, 3: 0.95, 5: 0.93}, 3),
+    ],
+)
+def test_the_stem_choice(sweep, stem):
+    assert quantize.choose_stem(sweep) == stem
+
+
+def test_no_stem_candidate_fits(monkeypatch):
+    with pytest.raises(ExportError, match="no stem length"):
+        quantize.choose_stem({})
 
 
 def test_which_recipe_a_graph_gets(tiny_bert_repo, tiny_repo):
@@ -233,3 +254,39 @@ def test_image_calibration_is_repeatable_and_covers_gray_and_small_inputs():
     assert all(x < 0.6 or x > 0.7 for x in lost)  # a thumbnail loses < 0.5; noise ~0.77
     thumbnails = [x < 0.6 for x in lost]
     assert 8 <= sum(gray) <= 30 and 8 <= sum(thumbnails) <= 30
+
+
+def test_calibration_holds_one_chunk_of_inputs_at_a_time(tiny_repo, tmp_path, monkeypatch):
+    """onnxruntime's calibrator keeps every intermediate tensor of what one collect_data call
+    reads; each call reads one chunk, and the histograms add up over all of them."""
+    from onnxruntime.quantization import calibrate
+
+    folder = tiny_repo / "tiny_image" / "1"
+    calibration = calibration_feeds(_ImageBackbone(folder))
+    seen, collect = [], calibrate.HistogramCalibrater.collect_data
+
+    def counting(self, reader):
+        batches = list(iter(reader.get_next, None))
+        seen.append(sum(len(b["pixels"]) for b in batches))
+        reader.batches = iter(batches)
+        return collect(self, reader)
+
+    monkeypatch.setattr(calibrate.HistogramCalibrater, "collect_data", counting)
+    quantize.static_int8(folder / "model.onnx", tmp_path / "q.onnx", [], calibration,
+                         tmp_path / "ranges.json")  # fmt: skip
+    assert seen == [quantize.CALIBRATION_CHUNK] * (96 // quantize.CALIBRATION_CHUNK)
+    _weights_and_activations(tmp_path / "q.onnx", [])
+
+
+def test_calibration_photos_are_neither_samples_nor_probes():
+    """The export table's sample cosines and the gate's probes stay out of calibration."""
+    from export.fidelity import _digits, _faces
+    from export.samples import calibration_photos, sample_photos
+
+    photos = calibration_photos()
+    assert len(photos) == len(CALIBRATION_PHOTOS) + 2  # and the stereo pair
+    others = [*sample_photos().values(), *_faces()[0], *_digits()[0]]
+    for photo in photos:
+        assert photo.ndim == 3 and photo.dtype == np.uint8
+        assert not any(photo.shape[:2] == o.shape[:2] and np.array_equal(photo[..., 0], o[..., 0])
+                       for o in others)  # fmt: skip
