@@ -24,12 +24,13 @@ PROBE_TOKENS = 128
 
 @dataclass
 class ProbeSet:
-    """One labelled set ready for a graph, and its fp32 embeddings."""
+    """One labelled set ready for a graph, its fp32 embeddings and their probe accuracy."""
 
     name: str
     feeds: list[dict[str, np.ndarray]]  # batches
     labels: np.ndarray
     fp32: np.ndarray | None = None
+    fp32_accuracy: float | None = None
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -43,9 +44,11 @@ def embed(session, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
 
 
 def embed_fp32(probes: list[ProbeSet], session) -> None:
-    """Fills each probe set's fp32 embeddings, the ones every variant is measured against."""
+    """Fills each probe set's fp32 embeddings and probe accuracy, what every variant is
+    measured against."""
     for p in probes:
         p.fp32 = embed(session, p.feeds)
+        p.fp32_accuracy = probe_accuracy(p.fp32, p.labels)
 
 
 def pixel_batches(pixels: np.ndarray, batch: int) -> list[dict[str, np.ndarray]]:
@@ -137,12 +140,14 @@ def knn_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
 
 
 def gate(probes: list[ProbeSet], variant_session) -> dict:
-    """The variant's figures on every probe set; the worst of them decide."""
+    """The variant's figures on every probe set (filled by embed_fp32); the worst decide."""
     rows = []
     for p in probes:
         out = embed(variant_session, p.feeds)
         cos = cosine_rows(out, p.fp32)
-        base, got = probe_accuracy(p.fp32, p.labels), probe_accuracy(out, p.labels)
+        if p.fp32 is None or p.fp32_accuracy is None:
+            raise ValueError(f"probe set {p.name} has no fp32 figures; call embed_fp32 first")
+        base, got = p.fp32_accuracy, probe_accuracy(out, p.labels)
         allowed = max(PROBE_DROP_POINTS, 2 * 100 / len(p.labels))
         rows.append({"probe": p.name, "items": len(p.labels), "cosine_min": float(cos.min()),
                      "cosine_mean": float(cos.mean()), "probe_accuracy_fp32": base,

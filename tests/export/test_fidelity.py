@@ -8,7 +8,7 @@ import onnxruntime as ort
 from server_helpers import running_server
 
 from embedder.core.manifest import Manifest
-from export.fidelity import embed, gate, knn_overlap, probe_passes, probe_sets
+from export.fidelity import embed_fp32, gate, knn_overlap, probe_passes, probe_sets
 
 
 def test_every_variant_of_an_export_carries_its_gate(tiny_repo):
@@ -45,8 +45,7 @@ def test_a_variant_that_changes_the_embeddings_fails_and_an_identical_one_passes
         modality, preprocess = "image", Manifest.read(folder).preprocess
 
     probes = probe_sets(Backbone())
-    for p in probes:
-        p.fp32 = embed(ours, p.feeds)
+    embed_fp32(probes, ours)
     same = gate(probes, ours)
     assert same["passed"] and same["cosine_min"] > 0.9999 and same["knn10_overlap"] == 1.0
     changed = gate(probes, theirs)
