@@ -143,10 +143,10 @@ def gate(probes: list[ProbeSet], variant_session) -> dict:
     """The variant's figures on every probe set (filled by embed_fp32); the worst decide."""
     rows = []
     for p in probes:
-        out = embed(variant_session, p.feeds)
-        cos = cosine_rows(out, p.fp32)
         if p.fp32 is None or p.fp32_accuracy is None:
             raise ValueError(f"probe set {p.name} has no fp32 figures; call embed_fp32 first")
+        out = embed(variant_session, p.feeds)
+        cos = cosine_rows(out, p.fp32)
         base, got = p.fp32_accuracy, probe_accuracy(out, p.labels)
         allowed = max(PROBE_DROP_POINTS, 2 * 100 / len(p.labels))
         rows.append({"probe": p.name, "items": len(p.labels), "cosine_min": float(cos.min()),

@@ -215,7 +215,7 @@ def test_the_stem_choice(sweep, stem):
     assert quantize.choose_stem(sweep) == stem
 
 
-def test_no_stem_candidate_fits(monkeypatch):
+def test_no_stem_candidate_fits():
     with pytest.raises(ExportError, match="no stem length"):
         quantize.choose_stem({})
 
