@@ -8,6 +8,7 @@ node can read the input paths and the model repository.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +26,8 @@ from embedder.features.ledger import RunLedger
 from embedder.features.local import open_model, planned_identity
 from embedder.features.prepare import Prepared, make_preparer
 from embedder.features.sources import SourceItem
+
+log = logging.getLogger(__name__)
 
 OUTPUT_COLUMNS = ("key", "embedding", "label", "source", "status", "reason")
 
@@ -90,8 +93,31 @@ def _init_ray(config: FeaturesConfig):
         if config.ray_address:
             ray.init(address=config.ray_address, log_to_driver=False)
         else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            start_local_ray(ray)
     return ray
+
+
+def start_local_ray(ray, attempts: int = 2) -> None:
+    """Start a local Ray node, once more if its start timed out.
+
+    Ray gives a new node's raylet fixed waits (15 s for its agents' ports, 30 s to register):
+    on a loaded machine a start can miss them (ray-project/ray#65983) and then succeed again.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            return
+        except Exception as exc:
+            if "timed out during startup" not in str(exc):
+                raise
+            ray.shutdown()
+            if attempt == attempts:
+                raise EmbedderError(
+                    f"Ray could not start a local node ({attempts} tries; its logs are in "
+                    "/tmp/ray/session_latest/logs): retry on a less loaded machine, or start "
+                    "Ray yourself (`ray start --head`) and pass --ray-address auto"
+                ) from exc
+            log.warning("Ray's local node timed out during startup; starting it again")
 
 
 def export_with_ray(items: list[SourceItem], config: FeaturesConfig) -> Summary:
