@@ -3,13 +3,15 @@ in alternating rounds, with each variant's fidelity gate from the manifest.
 
     python bench/quant_bench.py --repo models --model minilm_l6 --rounds 5
     python bench/quant_bench.py --repo models --model mobilenet_v2 --also /tmp/candidate.onnx
-    python bench/quant_bench.py --repo models --model mobilenet_v2 --stems 0,3,5,8 --gate
+    python bench/quant_bench.py --repo models --model efficientnet_lite0 --stems 1,3,6,9 --gate
+    python bench/quant_bench.py --repo models --model efficientnet_lite0 --stems 6 --nearest
 
 Texts: the first 512 BBC News articles cut to 128 tokens, batch 32 (the peer benchmark's load).
 Images: 128 random 224 x 224 pixel arrays, batch 4 (the CPU batch size). One session per file,
 every core; each round measures every file once, in turn, and the table holds the medians of
 the per-round rates and of the per-round ratios to fp32. `--stems` adds the static int8 recipe
-of a CNN with each of those stem lengths kept fp32 (export/quantize.py), and `--gate` measures
+of a CNN with each of those stem lengths kept fp32 (export/quantize.py; with its calibrated
+rounding, and `--nearest` adds the same stems with nearest rounding), and `--gate` measures
 the fidelity gate of every file on the export's probe sets (otherwise the manifest's is shown).
 """
 
@@ -63,17 +65,23 @@ def backbone_of(manifest: Manifest, folder: Path) -> SimpleNamespace:
                            extra_files=extra)  # fmt: skip
 
 
-def stem_variants(manifest: Manifest, folder: Path, stems: list[int], out: Path) -> dict:
-    """The static int8 recipe with each stem length, written under out."""
+def stem_variants(manifest: Manifest, folder: Path, stems: list[int], out: Path,
+                  nearest: bool) -> dict:  # fmt: skip
+    """The static int8 recipe with each stem length, written under out (and with nearest
+    rounding as well when asked)."""
     from export.fidelity import calibration_feeds
-    from export.quantize import quiet_quantiser, stem_int8, with_node_names
+    from export.quantize import calibration_chunks, quiet_quantiser, stem_int8, with_node_names
+    from export.rounding import calibrated_weights
 
     calibration = calibration_feeds(backbone_of(manifest, folder))
     src, files = with_node_names(folder / manifest.file, out), {}
+    rounded = calibrated_weights(src, calibration_chunks(calibration))
     for k in stems:
-        files[f"static int8, stem {k}"] = out / f"stem{k}.onnx"
-        with quiet_quantiser():
-            stem_int8(src, out / f"stem{k}.onnx", k, calibration, out / "ranges.json")
+        for how, chosen in [("", rounded), *([(" nearest", None)] if nearest else [])]:
+            name = f"static int8, stem {k}{how}"
+            files[name] = out / f"stem{k}{how.strip()}.onnx"
+            with quiet_quantiser():
+                stem_int8(src, files[name], k, calibration, out / "ranges.json", chosen)
     return files
 
 
@@ -96,7 +104,8 @@ def main() -> None:
     p.add_argument("--version", default="1")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--also", type=Path, nargs="*", default=[], help="other files to compare")
-    p.add_argument("--stems", default="", help="e.g. 0,3,5,8: static int8 with these fp32 stems")
+    p.add_argument("--stems", default="", help="e.g. 1,3,6,9: static int8 with these fp32 stems")
+    p.add_argument("--nearest", action="store_true", help="--stems with nearest rounding too")
     p.add_argument("--gate", action="store_true", help="measure every file's fidelity gate")
     args = p.parse_args()
     folder = args.repo / args.model / args.version
@@ -107,7 +116,7 @@ def main() -> None:
     scratch = tempfile.TemporaryDirectory(prefix="quant_bench.")  # removed at exit
     if args.stems:
         stems = [int(k) for k in args.stems.split(",")]
-        files |= stem_variants(manifest, folder, stems, Path(scratch.name))
+        files |= stem_variants(manifest, folder, stems, Path(scratch.name), args.nearest)
     options = ort.SessionOptions()
     options.intra_op_num_threads = len(os.sched_getaffinity(0))
     sessions = {k: ort.InferenceSession(str(f), options, providers=["CPUExecutionProvider"])

@@ -11,15 +11,15 @@ On DINOv2 (calibrated on photo crops) it keeps two: 1.80x fp32 at gate cosine 0.
 dynamic uint8 of every Conv and MatMul read 1.35x at 0.972; neither passes (README).
 
 Convolutional graphs (most weights in Convs): static QDQ quantisation, int8 weights per output
-channel and uint8 activations per tensor, ranges from a percentile calibration on photo crops.
-Then a measured sensitivity pass over the stem: the first STEM_CANDIDATES convolutions are kept
-in fp32 in turn (each candidate written to its own file) and scored on the calibration crops;
-the shortest stem that reaches CALIBRATION_COSINE is taken, or, when none does, the shortest
-within STEM_TOLERANCE of the best. EfficientNet-Lite0 keeps eight and passes its gate. On
-MobileNetV2 the stem is where int8 hurts most (gate cosine min 0.46 with none kept, 0.94 with
-five); the rest of the loss is spread over every layer: keeping 41 of its 52 convolutions, or
-the residual adds and projections, in fp32 reached 0.955-0.966 on the gate's probes, so
-per-tensor uint8 activations cannot pass its 0.99 (README).
+channel, their rounding chosen on the calibration inputs (rounding.py), and uint8 activations
+per tensor, ranges from a percentile calibration on photo crops. Then a measured sensitivity
+pass over the stem: the first STEM_CANDIDATES convolutions are kept in fp32 in turn (each
+candidate written to its own file), each scored on the calibration crops and, given probe
+sets, by the fidelity gate. The shortest stem that passes the gate is taken; when none does,
+the shortest whose calibration score reaches CALIBRATION_COSINE, else the shortest within
+STEM_TOLERANCE of the best. EfficientNet-Lite0 keeps six and passes its gate at cosine min
+0.996. MobileNetV2 fails with every stem: its weights pass once rounded (0.996 with fp32
+activations), its per-tensor uint8 activations do not (README).
 """
 
 from __future__ import annotations
@@ -35,16 +35,18 @@ import numpy as np
 import onnx
 
 from .errors import ExportError
-from .fidelity import cosine_rows, embed, items_in
+from .fidelity import cosine_rows, embed, gate, items_in
+from .rounding import calibrated_weights, with_weights
 
 CALIBRATION_COSINE = 0.993  # on calibration inputs: a margin over the gate's 0.99 on its probes
 MAX_FP32 = 2  # each kept MatMul costs speed (all six of MiniLM's: 1.9x -> 1.6x)
-STEM_CANDIDATES = (0, 3, 5, 8)  # leading convolutions kept in fp32, tried in turn
+STEM_CANDIDATES = (1, 3, 6, 9)  # leading convolutions kept in fp32, tried in turn: the first
+# convolution reads raw pixels (int8 gains nothing there), and in MobileNetV2 and EfficientNet
+# the others end a block, where the tensor that crosses to int8 is narrowest
 STEM_PERCENTILE = 5  # a stem is scored by this percentile of its calibration cosines: the crops
-# hold deliberate extremes, and their minimum is one crop (it ranked EfficientNet-Lite0's stems
-# 5 above 8, the gate 8 above 5). Chosen after seeing the gate's figures; it ranks
-# EfficientNet-Lite0's stems as the gate does, and scores MobileNetV2's 5 and 8 alike (0.957,
-# 0.956) where the gate reads 0.936 and 0.947.
+# hold deliberate extremes, and their minimum is one crop. With rounding chosen on them the
+# scores of EfficientNet-Lite0's stems 3, 6 and 9 lie within 0.001 (0.9974-0.9983) where the
+# gate reads 0.988 (failed), 0.996 and 0.997: the gate decides when there is one.
 STEM_TOLERANCE = 0.01  # when no stem reaches CALIBRATION_COSINE, a longer one must gain more
 # than this: MobileNetV2's 3 -> 5 gained 0.016 for 14 % of the speed (1.95x -> 1.68x fp32)
 ACTIVATIONS = {"Mul", "Gelu", "FastGelu", "Relu", "Tanh", "Sigmoid", "Erf"}
@@ -86,8 +88,10 @@ def is_convolutional(graph: onnx.GraphProto) -> bool:
     return in_ops["Conv"] > in_ops["MatMul"] + in_ops["Gemm"]
 
 
-def make_int8(src: Path, dst: Path, calibration: Feeds) -> dict:
-    """Writes dst; returns the recipe (scheme, nodes kept fp32, calibration cosine)."""
+def make_int8(src: Path, dst: Path, calibration: Feeds, probes: list | None = None) -> dict:
+    """Writes dst; returns the recipe (scheme, nodes kept fp32, calibration cosine). Given
+    probe sets with their fp32 figures (fidelity.embed_fp32), the fidelity gate chooses among
+    a CNN's stems."""
     if not calibration:
         raise ExportError("int8 needs calibration inputs for its choices; pass the feeds of "
                           "fidelity.calibration_feeds(backbone)")  # fmt: skip
@@ -95,7 +99,7 @@ def make_int8(src: Path, dst: Path, calibration: Feeds) -> dict:
         src = with_node_names(src, Path(tmp))
         graph = onnx.load(str(src), load_external_data=False).graph
         if is_convolutional(graph):
-            return _conv_recipe(src, dst, graph, calibration, Path(tmp))
+            return _conv_recipe(src, dst, graph, calibration, probes or [], Path(tmp))
         return _matmul_recipe(src, dst, graph, calibration)
 
 
@@ -111,7 +115,7 @@ def _matmul_recipe(src: Path, dst: Path, graph: onnx.GraphProto, calibration: Fe
     def quantised(keep: list[str]) -> float:  # writes dst
         with quiet_quantiser():
             _dynamic_int8(src, dst, [w for w in weights if w not in keep])
-        return float(_cosines(dst, calibration, reference).min())
+        return float(_cosines(_session(dst), calibration, reference).min())
 
     keep: list[str] = []
     cosine = quantised(keep)
@@ -132,44 +136,56 @@ def _matmul_recipe(src: Path, dst: Path, graph: onnx.GraphProto, calibration: Fe
 
 
 def _conv_recipe(src: Path, dst: Path, graph: onnx.GraphProto, calibration: Feeds,
-                 tmp: Path) -> dict:  # fmt: skip
+                 probes: list, tmp: Path) -> dict:  # fmt: skip
     reference = _reference(src, calibration)
     convs = sum(n.op_type == "Conv" for n in graph.node)
+    rounded = calibrated_weights(src, calibration_chunks(calibration))
     ranges = tmp / "ranges.json"  # calibrated once, then reused by every candidate
-    files, kept, sweep, minimum = {}, {}, {}, {}
+    files, kept, sweep, minimum, passed = {}, {}, {}, {}, {}
     for k in (k for k in STEM_CANDIDATES if k < convs):
         files[k] = tmp / f"stem{k}.onnx"
         with quiet_quantiser():
-            kept[k] = stem_int8(src, files[k], k, calibration, ranges)
-        cosines = _cosines(files[k], calibration, reference)
+            kept[k] = stem_int8(src, files[k], k, calibration, ranges, rounded)
+        session = _session(files[k])
+        cosines = _cosines(session, calibration, reference)
         sweep[k] = round(float(np.percentile(cosines, STEM_PERCENTILE)), 6)
         minimum[k] = float(cosines.min())
-    stem = choose_stem(sweep)
+        if probes:
+            passed[k] = gate(probes, session)["passed"]
+    stem = choose_stem(sweep, passed)
     shutil.move(files[stem], dst)
     return {
         "scheme": "static QDQ, int8 weights per channel, uint8 activations per tensor "
         "(percentile calibration)",
+        "rounding": f"calibrated for {len(rounded)} of {convs} convolutions, nearest for the rest",
         "kept_fp32": kept[stem],  # names as in the int8 file (given to unnamed nodes there)
         "calibration_cosine_min": minimum[stem],
         f"calibration_cosine_p{STEM_PERCENTILE}": sweep[stem],
         "calibration_items": items_in(calibration),
         "stem_sweep": {str(k): v for k, v in sweep.items()},
+        "stem_gate_passed": {str(k): v for k, v in passed.items()},
+        "stem_chosen_by": "fidelity gate" if passed.get(stem) else "calibration",
     }
 
 
-def choose_stem(sweep: dict[int, float]) -> int:
-    """The shortest stem whose score reaches CALIBRATION_COSINE, else the shortest within
-    STEM_TOLERANCE of the best score."""
+def choose_stem(sweep: dict[int, float], passed: dict[int, bool] | None = None) -> int:
+    """The shortest stem that passed the fidelity gate; when none did, the shortest whose
+    calibration score reaches CALIBRATION_COSINE, else the shortest within STEM_TOLERANCE of
+    the best score."""
     if not sweep:
         raise ExportError(f"no stem length of {STEM_CANDIDATES} fits the graph's convolutions")
+    if any((passed or {}).values()):
+        return min(k for k, ok in passed.items() if ok)
     reaching = [k for k, score in sweep.items() if score >= CALIBRATION_COSINE]
     best = max(sweep.values())
     return min(reaching or [k for k, score in sweep.items() if score >= best - STEM_TOLERANCE])
 
 
-def stem_int8(src: Path, dst: Path, stem: int, calibration: Feeds, ranges: Path) -> list[str]:
+def stem_int8(src: Path, dst: Path, stem: int, calibration: Feeds, ranges: Path,
+              rounded: dict | None = None) -> list[str]:  # fmt: skip
     """Static int8 of a convolutional graph with its first `stem` convolutions (in graph
-    order) kept fp32; returns their names."""
+    order) kept fp32 and the others' weights as `rounded` chose them
+    (rounding.calibrated_weights; nearest without it); returns the names kept."""
     graph = onnx.load(str(src), load_external_data=False).graph
     if not is_convolutional(graph):
         raise ExportError(f"{src.name} keeps most of its weights outside convolutions; "
@@ -178,7 +194,13 @@ def stem_int8(src: Path, dst: Path, stem: int, calibration: Feeds, ranges: Path)
     if not all(kept):
         raise ExportError(f"{src.name} has unnamed Conv nodes, which cannot be kept fp32 by "
                           "name; name them first with with_node_names")  # fmt: skip
-    static_int8(src, dst, kept, calibration, ranges)
+    if rounded:
+        source = dst.with_suffix(".rounded.onnx")
+        with_weights(src, source, {c: w for c, w in rounded.items() if c not in kept})
+        static_int8(source, dst, kept, calibration, ranges)
+        source.unlink()
+    else:
+        static_int8(src, dst, kept, calibration, ranges)
     return kept
 
 
@@ -200,17 +222,18 @@ def with_node_names(src: Path, tmp: Path) -> Path:
     return named
 
 
+def _session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
 def _reference(src: Path, calibration: Feeds) -> np.ndarray:
-    import onnxruntime as ort
-
-    return embed(ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]), calibration)
+    return embed(_session(src), calibration)
 
 
-def _cosines(path: Path, calibration: Feeds, reference: np.ndarray) -> np.ndarray:
-    """The file's cosine to fp32 on each calibration input."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def _cosines(session, calibration: Feeds, reference: np.ndarray) -> np.ndarray:
+    """The session's cosine to fp32 on each calibration input."""
     cosines = cosine_rows(embed(session, calibration), reference)
     if not np.isfinite(cosines).all():
         raise ExportError(f"the int8 graph gives non-finite features on calibration inputs "
@@ -229,15 +252,20 @@ def _dynamic_int8(src: Path, dst: Path, nodes: list[str]) -> None:
                      nodes_to_quantize=nodes)  # fmt: skip
 
 
+def calibration_chunks(calibration: Feeds) -> Feeds:
+    """The calibration batches cut into CALIBRATION_CHUNK inputs each."""
+    step = CALIBRATION_CHUNK
+    return [{k: v[i : i + step] for k, v in feeds.items()}
+            for feeds in calibration for i in range(0, items_in([feeds]), step)]  # fmt: skip
+
+
 def static_int8(src: Path, dst: Path, kept_fp32: list[str], calibration: Feeds,
                 ranges: Path) -> None:  # fmt: skip
     """Static QDQ int8 of every node but `kept_fp32`; the calibrated ranges are cached in
     `ranges` (computed when it does not exist yet)."""
     from onnxruntime import quantization as q
 
-    step = CALIBRATION_CHUNK
-    chunks = [{k: v[i : i + step] for k, v in feeds.items()}
-              for feeds in calibration for i in range(0, items_in([feeds]), step)]  # fmt: skip
+    chunks = calibration_chunks(calibration)
 
     class Reader(q.CalibrationDataReader):
         """The chunks, handed out a range at a time: onnxruntime's calibrator keeps every

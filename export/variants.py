@@ -68,7 +68,7 @@ def build_variant(kind: str, folder: Path, inputs: dict[str, np.ndarray], fp32: 
         make_fp16(src, dst)
         recipe = {"scheme": "fp16 weights and activations; depthwise convolutions fp32"}
     else:
-        recipe = make_int8(src, dst, calibration or [])
+        recipe = make_int8(src, dst, calibration or [], probes)
     session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
     out = session.run(["features"], inputs)[0]
     cos = cosine_rows(out, fp32)

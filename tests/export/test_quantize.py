@@ -138,6 +138,23 @@ def test_cnn_int8_is_static_qdq_with_the_stem_the_calibration_chose(tiny_repo, t
     assert np.isclose(cosines.min(), recipe["calibration_cosine_min"], atol=1e-9)
 
 
+def test_the_fidelity_gate_chooses_the_stem_when_given_probes(tiny_repo, tmp_path, monkeypatch):
+    """Every stem is gated; the shortest that passes is written (the tiny model passes with
+    every stem, so the shortest), the rounding recorded."""
+    from export.fidelity import embed_fp32, probe_sets
+
+    folder = tiny_repo / "tiny_image" / "1"
+    monkeypatch.setattr(quantize, "STEM_CANDIDATES", (2, 1))
+    probes = probe_sets(_ImageBackbone(folder))
+    embed_fp32(probes, ort.InferenceSession(str(folder / "model.onnx"),
+                                            providers=["CPUExecutionProvider"]))  # fmt: skip
+    recipe = quantize.make_int8(folder / "model.onnx", tmp_path / "q.onnx",
+                                calibration_feeds(_ImageBackbone(folder)), probes)  # fmt: skip
+    assert recipe["stem_gate_passed"] == {"2": True, "1": True}, recipe
+    assert len(recipe["kept_fp32"]) == 1 and recipe["stem_chosen_by"] == "fidelity gate"
+    assert recipe["rounding"] == "calibrated for 3 of 3 convolutions, nearest for the rest"
+
+
 @pytest.mark.parametrize("target, tolerance", [(1.01, 1.0), (-1.0, 0.0)])
 def test_the_shortest_stem_wins_within_the_tolerance_or_at_the_target(
     tiny_repo, tmp_path, monkeypatch, target, tolerance
@@ -202,17 +219,24 @@ def test_int8_needs_calibration_inputs(tiny_repo, tiny_bert_repo, tmp_path, mode
     assert not (tmp_path / "q.onnx").exists()
 
 
+EFFICIENTNET = {1: 0.995987, 3: 0.997662, 6: 0.998321, 9: 0.998463}  # measured, rounded
+MOBILENET = {1: 0.661165, 3: 0.9058, 6: 0.96313, 9: 0.96165}
+
+
 @pytest.mark.parametrize(
-    "sweep, stem",
+    "sweep, passed, stem",
     [
-        ({0: 0.923, 3: 0.984, 5: 0.9924, 8: 0.9944}, 8),  # EfficientNet-Lite0: 8 reaches 0.993
-        ({0: 0.5, 3: 0.940, 5: 0.954, 8: 0.960}, 5),  # MobileNetV2: none does; 5 is within 0.01
-        ({0: 0.995, 3: 0.999, 5: 0.999}, 0),  # the shortest that reaches it, not the best
-        ({0: 0.90, 3: 0.95, 5: 0.93}, 3),
+        (EFFICIENTNET, {1: False, 3: False, 6: True, 9: True}, 6),  # the gate decides
+        (EFFICIENTNET, {}, 1),  # without a gate: the shortest that reaches 0.993
+        (MOBILENET, dict.fromkeys(MOBILENET, False), 6),  # none passes, none reaches 0.993:
+        # the shortest within 0.01 of the best
+        ({0: 0.995, 3: 0.999, 5: 0.999}, None, 0),  # the shortest that reaches it, not the best
+        ({0: 0.90, 3: 0.95, 5: 0.93}, {0: False, 3: False, 5: False}, 3),
+        ({0: 0.90, 3: 0.95, 5: 0.93}, {0: False, 3: False, 5: True}, 5),
     ],
 )
-def test_the_stem_choice(sweep, stem):
-    assert quantize.choose_stem(sweep) == stem
+def test_the_stem_choice(sweep, passed, stem):
+    assert quantize.choose_stem(sweep, passed) == stem
 
 
 def test_no_stem_candidate_fits():
