@@ -79,9 +79,10 @@ def stem_variants(manifest: Manifest, folder: Path, stems: list[int], out: Path,
     for k in stems:
         for how, chosen in [("", rounded), *([(" nearest", None)] if nearest else [])]:
             name = f"static int8, stem {k}{how}"
-            files[name] = out / f"stem{k}{how.strip()}.onnx"
+            files[name] = out / f"stem{k}{how.replace(' ', '.')}.onnx"
+            ranges = out / f"ranges{how.replace(' ', '.')}.json"  # each rounding its own
             with quiet_quantiser():
-                stem_int8(src, files[name], k, calibration, out / "ranges.json", chosen)
+                stem_int8(src, files[name], k, calibration, ranges, chosen)
     return files
 
 

@@ -17,6 +17,7 @@ On EfficientNet-Lite0 the weights alone then read 0.997 instead of 0.973.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,15 +50,17 @@ class ConvShape:
 
 
 def roundable_convs(graph: onnx.GraphProto) -> list[ConvShape]:
-    """The 2-D Convs with a float weight initializer whose moments are affordable: depthwise
-    ones and dense ones of at most MAX_PATCH inputs per output (others keep nearest)."""
+    """The named 2-D Convs with their own float weight initializer (and bias initializer, if
+    any) whose moments are affordable: depthwise ones and dense ones of at most MAX_PATCH
+    inputs per output (others keep nearest)."""
     weights = {i.name: i for i in graph.initializer}
+    uses = Counter(name for node in graph.node for name in node.input)
     found = []
     for node in graph.node:
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         w = weights.get(node.input[1]) if node.op_type == "Conv" else None
         if w is None or len(w.dims) != 4 or w.data_type != onnx.TensorProto.FLOAT:
             continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             continue
         if any(d != 1 for d in attrs.get("dilations", [1, 1])):
@@ -67,6 +70,8 @@ def roundable_convs(graph: onnx.GraphProto) -> list[ConvShape]:
         if not depthwise and (group != 1 or per_group * kh * kw > MAX_PATCH):
             continue
         bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if (bias and bias not in weights) or uses[node.input[1]] > 1 or not node.name:
+            continue  # a computed bias, a shared weight or an unnamed node: nearest
         found.append(ConvShape(node.name, node.input[0], node.input[1], bias, (kh, kw),
                                tuple(attrs.get("strides", [1, 1])),
                                tuple(attrs.get("pads", [0, 0, 0, 0])), depthwise))  # fmt: skip
@@ -112,10 +117,14 @@ def input_moments(src: Path, convs: list[ConvShape],
 
 def round_channels(w: np.ndarray, m: np.ndarray) -> np.ndarray:
     """Weights (C, K) moved onto int8 steps of max |w_c| / 127 per channel, choosing between
-    floor and ceiling to minimise e' M e per channel (M (C, K, K) or shared (K, K))."""
+    floor and ceiling to minimise e' M e per channel (M (C, K, K) or shared (K, K)). Each
+    channel's largest weight stays at +-127, so the scale onnxruntime derives stays this one."""
     scale = np.abs(w).max(1) / 127
     scale[scale == 0] = 1.0
-    q = np.clip(np.round(w / scale[:, None]), -127, 127)
+    steps = w / scale[:, None]
+    q = np.clip(np.round(steps), -127, 127)
+    floor, ceil = np.floor(steps), np.ceil(steps)
+    pinned = np.arange(w.shape[1]) == np.abs(w).argmax(1)[:, None]
     m = np.broadcast_to(m, (len(w), *m.shape[-2:]))
     grad = np.einsum("ckl,cl->ck", m, q * scale[:, None] - w)  # M e, kept up to date
     diag = np.einsum("ckk->ck", m)
@@ -126,7 +135,8 @@ def round_channels(w: np.ndarray, m: np.ndarray) -> np.ndarray:
             best, gain = np.zeros(len(w)), np.zeros(len(w))
             for step in (-1.0, 1.0):
                 new = q[:, j] + step
-                allowed = (np.abs(new) <= 127) & (np.abs(new * scale - w[:, j]) < scale)
+                allowed = ((new == floor[:, j]) | (new == ceil[:, j])) & ~pinned[:, j]
+                allowed &= np.abs(new) <= 127
                 change = scale * step * (2 * grad[:, j] + scale * step * diag[:, j])
                 better = allowed & (change < gain - 1e-15)
                 best[better], gain[better] = step, change[better]

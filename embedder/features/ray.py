@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -102,6 +103,8 @@ def start_local_ray(ray, attempts: int = 2) -> None:
 
     Ray gives a new node's raylet fixed waits (15 s for its agents' ports, 30 s to register):
     on a loaded machine a start can miss them (ray-project/ray#65983) and then succeed again.
+    Ray raises before it keeps hold of the node, so ray.shutdown() cannot stop what that start
+    left running; its processes are stopped here before the next try.
     """
     for attempt in range(1, attempts + 1):
         try:
@@ -111,6 +114,7 @@ def start_local_ray(ray, attempts: int = 2) -> None:
             if "timed out during startup" not in str(exc):
                 raise
             ray.shutdown()
+            stop_ray_children(ray)
             if attempt == attempts:
                 raise EmbedderError(
                     f"Ray could not start a local node ({attempts} tries; its logs are in "
@@ -118,6 +122,22 @@ def start_local_ray(ray, attempts: int = 2) -> None:
                     "Ray yourself (`ray start --head`) and pass --ray-address auto"
                 ) from exc
             log.warning("Ray's local node timed out during startup; starting it again")
+
+
+def stop_ray_children(ray) -> int:
+    """Kills this process's children that run from Ray's package (the GCS server, the raylet,
+    its monitors) and returns how many; Linux only (/proc), elsewhere none are found."""
+    home, me, stopped = os.path.dirname(ray.__file__), os.getpid(), 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if parent == me and home in command:
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+                stopped += 1
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not ours to read
+    return stopped
 
 
 def export_with_ray(items: list[SourceItem], config: FeaturesConfig) -> Summary:

@@ -152,7 +152,10 @@ def test_the_fidelity_gate_chooses_the_stem_when_given_probes(tiny_repo, tmp_pat
                                 calibration_feeds(_ImageBackbone(folder)), probes)  # fmt: skip
     assert recipe["stem_gate_passed"] == {"2": True, "1": True}, recipe
     assert len(recipe["kept_fp32"]) == 1 and recipe["stem_chosen_by"] == "fidelity gate"
-    assert recipe["rounding"] == "calibrated for 3 of 3 convolutions, nearest for the rest"
+    assert (
+        recipe["rounding"]
+        == "calibrated for 2 of the 2 quantised convolutions, nearest for the rest"
+    )
 
 
 @pytest.mark.parametrize("target, tolerance", [(1.01, 1.0), (-1.0, 0.0)])

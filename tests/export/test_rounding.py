@@ -77,6 +77,42 @@ def test_the_rounding_minimises_its_objective_within_floor_and_ceiling():
     np.testing.assert_allclose(np.abs(rounded).max(1), np.abs(w).max(1))  # the scale is kept
 
 
+def test_each_channels_largest_weight_stays_on_its_step():
+    """Without an outlier the largest weight sits at +-127 steps only up to float round-off;
+    it is pinned there, so onnxruntime derives the same scale (and integers) from the result."""
+    w = RNG.normal(0, 1, (400, 9))
+    x = RNG.normal(0, 1, (300, 9)) + 1.0
+    rounded = rounding.round_channels(w, x.T @ x / len(x))
+    np.testing.assert_allclose(np.abs(rounded).max(1), np.abs(w).max(1), rtol=1e-12)
+    scale = (np.abs(w).max(1) / 127).astype(np.float32)[:, None]  # as onnxruntime computes it
+    steps = rounded / scale
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-4)
+
+
+@pytest.mark.parametrize("stride, pads", [((2, 2), (1, 1, 1, 1)), ((2, 1), (0, 1, 2, 0))])
+def test_patches_reproduce_onnxruntime_convolutions(tmp_path, stride, pads):
+    """Strided and asymmetrically padded, depthwise and dense: patches times weights is the
+    graph's own Conv output."""
+    import onnxruntime as ort
+
+    x = RNG.normal(0, 1, (1, 4, 9, 7)).astype(np.float32)
+    for group, weight in ((4, RNG.normal(0, 1, (4, 1, 3, 3))), (1, RNG.normal(0, 1, (5, 4, 3, 2)))):
+        node = helper.make_node("Conv", ["x", "w"], ["y"], "c", group=group, strides=list(stride),
+                                pads=list(pads))  # fmt: skip
+        graph = helper.make_graph(
+            [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 9, 7])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(weight.astype(np.float32), "w")])  # fmt: skip
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            ["y"], {"x": x})[0][0]  # fmt: skip
+        conv = rounding.roundable_convs(graph)[0]
+        rows = rounding.patches(x[0].astype(np.float64), conv)
+        flat = weight.reshape(len(weight), -1)
+        ours = np.einsum("cpk,ck->cp", rows, flat) if group > 1 else (rows @ flat.T).T
+        np.testing.assert_allclose(ours.reshape(y.shape), y, atol=1e-4)
+
+
 def test_calibrated_rounding_beats_nearest_on_held_out_inputs(tmp_path):
     """The depthwise conv's output error on inputs it never saw; the bias takes the mean."""
     dw = _cancelling(4, 9).reshape(4, 1, 3, 3)
