@@ -70,17 +70,23 @@ def stem_variants(manifest: Manifest, folder: Path, stems: list[int], out: Path,
     """The static int8 recipe with each stem length, written under out (and with nearest
     rounding as well when asked)."""
     from export.fidelity import calibration_feeds
-    from export.quantize import calibration_chunks, quiet_quantiser, stem_int8, with_node_names
+    from export.quantize import (
+        calibration_chunks,
+        fp32_ranges,
+        quiet_quantiser,
+        stem_int8,
+        with_node_names,
+    )
     from export.rounding import calibrated_weights
 
     calibration = calibration_feeds(backbone_of(manifest, folder))
     src, files = with_node_names(folder / manifest.file, out), {}
     rounded = calibrated_weights(src, calibration_chunks(calibration))
+    ranges = fp32_ranges(src, calibration, out)
     for k in stems:
         for how, chosen in [("", rounded), *([(" nearest", None)] if nearest else [])]:
             name = f"static int8, stem {k}{how}"
             files[name] = out / f"stem{k}{how.replace(' ', '.')}.onnx"
-            ranges = out / f"ranges{how.replace(' ', '.')}.json"  # each rounding its own
             with quiet_quantiser():
                 stem_int8(src, files[name], k, calibration, ranges, chosen)
     return files

@@ -41,18 +41,19 @@ def test_minilm_int8_passes_its_fidelity_gate(default_repo):
 
 
 def test_efficientnet_lite0_int8_passes_its_fidelity_gate(default_repo):
-    """Static QDQ with calibrated rounding and the shortest stem that passed the gate (the
-    gate chose it, so it is a selection as well as a report; README): 6 convolutions here, at
-    cosine min 0.996 on the faces. A CPU without VNNI may read lower."""
+    """Static QDQ with calibrated rounding and the shortest stem that passed the gate. The gate
+    chose it, so it is a selection as well as a report, and its worst faces item moves by up
+    to 0.02 with incidental calibration choices (README). A CPU without VNNI may read lower."""
     variant = Manifest.read(default_repo / "efficientnet_lite0" / "1").variants["int8"]
     recipe = variant.recipe
     assert variant.gate["passed"], variant.gate_summary()
-    assert recipe["scheme"].startswith("static QDQ") and recipe["rounding"].startswith(
-        "calibrated for 43 of the 43 quantised"
-    ), recipe
+    assert recipe["scheme"].startswith("static QDQ"), recipe
+    stem = len(recipe["kept_fp32"])
+    quantised = 49 - stem
+    assert recipe["rounding"].startswith(f"calibrated for {quantised} of the {quantised}"), recipe
+    assert set(recipe["stem_gate_passed"]) == {"1", "3", "6", "9"}, recipe
     passing = [int(k) for k, ok in recipe["stem_gate_passed"].items() if ok]
-    assert recipe["stem_chosen_by"] == "fidelity gate", recipe
-    assert len(recipe["kept_fp32"]) == min(passing) == 6, recipe
+    assert recipe["stem_chosen_by"] == "fidelity gate" and stem == min(passing), recipe
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0"])
