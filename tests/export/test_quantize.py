@@ -222,14 +222,15 @@ def test_int8_needs_calibration_inputs(tiny_repo, tiny_bert_repo, tmp_path, mode
     assert not (tmp_path / "q.onnx").exists()
 
 
-EFFICIENTNET = {1: 0.995987, 3: 0.997662, 6: 0.998321, 9: 0.998463}  # measured, rounded
-MOBILENET = {1: 0.661165, 3: 0.9058, 6: 0.96313, 9: 0.96165}
+EFFICIENTNET = {1: 0.99572, 3: 0.997732, 6: 0.998268, 9: 0.998488}  # measured at 91ac00e
+MOBILENET = {1: 0.660059, 3: 0.907397, 6: 0.963136, 9: 0.960897}
 
 
 @pytest.mark.parametrize(
     "sweep, passed, stem",
     [
-        (EFFICIENTNET, {1: False, 3: False, 6: True, 9: True}, 6),  # the gate decides
+        (EFFICIENTNET, {1: False, 3: True, 6: False, 9: True}, 3),  # the gate decides
+        (EFFICIENTNET, {1: False, 3: False, 6: True, 9: True}, 6),
         (EFFICIENTNET, {}, 1),  # without a gate: the shortest that reaches 0.993
         (MOBILENET, dict.fromkeys(MOBILENET, False), 6),  # none passes, none reaches 0.993:
         # the shortest within 0.01 of the best
