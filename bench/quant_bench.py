@@ -13,6 +13,8 @@ the per-round rates and of the per-round ratios to fp32. `--stems` adds the stat
 of a CNN with each of those stem lengths kept fp32 (export/quantize.py; with its calibrated
 rounding, and `--nearest` adds the same stems with nearest rounding), and `--gate` measures
 the fidelity gate of every file on the export's probe sets (otherwise the manifest's is shown).
+Sessions are built as the server builds them (`cpu_session`); `--fused` adds each file with
+onnxruntime's every fusion, SkipLayerNormalization included.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from embedder.core.inputs import Preprocessor  # noqa: E402
 from embedder.core.manifest import Manifest, gate_summary  # noqa: E402
+from embedder.core.runtime import CPU, cpu_session  # noqa: E402
 from export.fidelity import items_in  # noqa: E402
 
 
@@ -114,6 +117,11 @@ def main() -> None:
     p.add_argument("--stems", default="", help="e.g. 1,3,6,9: static int8 with these fp32 stems")
     p.add_argument("--nearest", action="store_true", help="--stems with nearest rounding too")
     p.add_argument("--gate", action="store_true", help="measure every file's fidelity gate")
+    p.add_argument(
+        "--fused",
+        action="store_true",
+        help="each file also with every onnxruntime fusion (CPU_UNFUSED undone)",
+    )
     args = p.parse_args()
     folder = args.repo / args.model / args.version
     manifest = Manifest.read(folder)
@@ -126,12 +134,14 @@ def main() -> None:
         files |= stem_variants(manifest, folder, stems, Path(scratch.name), args.nearest)
     options = ort.SessionOptions()
     options.intra_op_num_threads = len(os.sched_getaffinity(0))
-    sessions = {k: ort.InferenceSession(str(f), options, providers=["CPUExecutionProvider"])
-                for k, f in files.items()}  # fmt: skip
+    sessions = {k: cpu_session(f, options) for k, f in files.items()}
+    if args.fused:
+        sessions |= {f"{k}, fused": ort.InferenceSession(str(f), options, providers=[CPU])
+                     for k, f in files.items()}  # fmt: skip
     feeds = workload(manifest, folder)
     for s in sessions.values():
         rate(s, feeds[:2])  # warm
-    rates: dict[str, list[float]] = {k: [] for k in files}
+    rates: dict[str, list[float]] = {k: [] for k in sessions}
     for _ in range(args.rounds):
         for k, s in sessions.items():
             rates[k].append(rate(s, feeds))

@@ -15,6 +15,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from embedder.core.manifest import ImagePreprocess
+from embedder.core.runtime import cpu_session
 
 from .errors import ExportError, UnknownLayerError
 
@@ -146,13 +147,9 @@ class OnnxCutBackbone:
         return [cls, patches, *mean_nodes, concat], inits + mean_inits
 
     def _run_source(self, normalized: np.ndarray, tensor: str) -> np.ndarray:
-        import onnxruntime as ort
-
         model = onnx.load(str(self.source))
         model.graph.output.append(helper.make_empty_tensor_value_info(tensor))
-        session = ort.InferenceSession(
-            model.SerializeToString(), providers=["CPUExecutionProvider"]
-        )
+        session = cpu_session(model.SerializeToString())
         return session.run([tensor], {self.input_name: normalized})[0]
 
     def reference(self, inputs: dict[str, np.ndarray], layer: str) -> np.ndarray:

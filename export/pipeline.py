@@ -23,10 +23,12 @@ from embedder.core.manifest import (
     sha256_file,
     staged_version,
 )
+from embedder.core.runtime import cpu_session
 
 from .config import PretrainedCfg
 from .errors import ParityError, SanityCheckError, UnknownLayerError, VersionExistsError
 from .fidelity import calibration_feeds, embed_fp32, probe_sets
+from .graph_forms import regroup_gelu_file
 from .registry import resolve
 from .samples import SAMPLE_SENTENCES, sample_pixels
 from .variants import build_variant
@@ -133,12 +135,11 @@ def export_backbone(
 
 
 def _export_into(staging, config, pcfg, backbone, layer, name, started) -> Manifest:
-    import onnxruntime as ort
-
     model_path = staging / "model.onnx"
     backbone.export_onnx(model_path, layer)
+    regroup_gelu_file(model_path)  # into the form onnxruntime fuses
     onnx.checker.check_model(str(model_path))
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    session = cpu_session(model_path)
     inputs = sample_inputs(backbone)
     features, diff = check_parity(session, backbone, inputs, layer, config.parity_tolerance)
     is_default_cut = layer == backbone.default_layer

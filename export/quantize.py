@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from embedder.core.runtime import cpu_session
+
 from .errors import ExportError
 from .fidelity import cosine_rows, embed, gate, items_in
 from .rounding import calibrated_weights, with_weights
@@ -227,9 +229,7 @@ def with_node_names(src: Path, tmp: Path) -> Path:
 
 
 def _session(path: Path):
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return cpu_session(path)
 
 
 def _reference(src: Path, calibration: Feeds) -> np.ndarray:

@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from embedder.core.runtime import cpu_session
+
 MAX_PATCH = 1152  # inputs per output of a dense convolution whose moments are gathered
 # (the moment matrix is MAX_PATCH^2 float64); larger ones keep nearest rounding
 SWEEPS = 20  # coordinate descent passes at most (EfficientNet-Lite0 settles within 6)
@@ -95,13 +97,11 @@ def input_moments(src: Path, convs: list[ConvShape],
                   chunks: Feeds) -> dict[str, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
     """Per Conv: (M, mean) of its input patches over the calibration chunks, M (C, k, k)
     per channel for depthwise ones, (k, k) for dense ones."""
-    import onnxruntime as ort
-
     model = onnx.load(str(src))
     taps = sorted({c.data for c in convs})
     known = {o.name for o in model.graph.output}
     model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in taps if t not in known)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = cpu_session(model.SerializeToString())
     sums: dict[str, list] = {c.name: [0.0, 0.0, 0] for c in convs}
     for feeds in chunks:
         tensors = dict(zip(taps, session.run(taps, feeds), strict=True))

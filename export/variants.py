@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from embedder.core.manifest import Variant, sha256_file
+from embedder.core.runtime import cpu_session
 
 from .errors import ExportError
 from .fidelity import cosine_rows, gate
@@ -61,15 +62,13 @@ def build_variant(kind: str, folder: Path, inputs: dict[str, np.ndarray], fp32: 
     (export/fidelity.py), its fidelity gate; int8 makes its choices on `calibration`."""
     if kind not in VARIANTS:
         raise ExportError(f"unknown variant {kind!r}; choose from {', '.join(VARIANTS)}")
-    import onnxruntime as ort
-
     src, dst = folder / "model.onnx", folder / f"model.{kind}.onnx"
     if kind == "fp16":
         make_fp16(src, dst)
         recipe = {"scheme": "fp16 weights and activations; depthwise convolutions fp32"}
     else:
         recipe = make_int8(src, dst, calibration or [], probes)
-    session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    session = cpu_session(dst)
     out = session.run(["features"], inputs)[0]
     cos = cosine_rows(out, fp32)
     return Variant(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
+import onnx
 import torch
 from torch import nn
 
@@ -96,3 +99,22 @@ def export_tiny_repo(repo, bert_dir, image_variants=(), text_variants=(), max_le
     text, text_cfg = hf_encoder_cfg(bert_dir, "tiny_text", max_length=max_length)
     export_backbone(ExportConfig("tiny_text", repo=repo, variants=text_variants), text, text_cfg)
     return repo
+
+
+def optimized_op_types(model, folder, unfused: bool = True) -> Counter:
+    """The op types of the graph onnxruntime runs for `model` (a path or serialised bytes) on
+    a CPU after its fusions; built by `cpu_session` as the server builds it when `unfused`,
+    else with every fusion onnxruntime has."""
+    import onnxruntime as ort
+
+    from embedder.core.runtime import cpu_session
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(folder / "optimized.onnx")
+    if unfused:
+        cpu_session(model, options)
+    else:
+        source = model if isinstance(model, bytes) else str(model)
+        ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)

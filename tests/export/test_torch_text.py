@@ -4,6 +4,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from tiny_models import optimized_op_types
 
 from embedder.core.manifest import Manifest
 from embedder.core.preprocess import TextTokenizer
@@ -23,6 +24,15 @@ def test_manifest_and_tokenizer_copied(tiny_bert_repo):
     assert m.preprocess.max_length == 16
     assert m.parity_max_abs_diff <= 1e-4
     assert m.variants["int8"].cosine_to_fp32_min > 0.9
+
+
+def test_served_graph_fuses_gelu(tiny_bert_repo, tmp_path):
+    """The dynamo exporter's GELU is regrouped at export (export/graph_forms.py) into the form
+    onnxruntime fuses: one op per FFN activation in the graph the CPU runs, fp32 and int8."""
+    folder = tiny_bert_repo / "tinybert" / "1"
+    for file in ("model.onnx", "model.int8.onnx"):
+        ops = optimized_op_types(folder / file, tmp_path)
+        assert ops["Erf"] == 0 and ops["BiasGelu"] + ops["Gelu"] == 2, (file, ops)  # 2 layers
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,9 @@
 """Provider selection and the file served for it; the GPU path itself needs a GPU machine."""
 
+import numpy as np
 import onnxruntime as ort
 import pytest
+from tiny_models import optimized_op_types
 
 from embedder.core.config import SessionConfig
 from embedder.core.manifest import Manifest
@@ -10,6 +12,7 @@ from embedder.core.runtime import (
     CUDA,
     TENSORRT,
     ProviderError,
+    cpu_session,
     model_file,
     open_session,
     provider_chain,
@@ -100,3 +103,36 @@ def test_a_padded_batch_repeats_its_last_row():
     padded = _pad_rows(feeds, 5)
     assert padded["input_ids"].tolist() == [[0, 1], [2, 3], [4, 5], [4, 5], [4, 5]]
     assert padded["attention_mask"].shape == (5, 2)
+
+
+def residual_layer_norm_model() -> bytes:
+    """(x + bias) + skip, then LayerNormalization: the pattern onnxruntime fuses into
+    SkipLayerNormalization."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    hidden = 16
+    inits = [numpy_helper.from_array(np.full(hidden, v, np.float32), n)
+             for n, v in (("bias", 0.1), ("gamma", 1.0), ("beta", 0.0))]  # fmt: skip
+    nodes = [
+        helper.make_node("Add", ["x", "bias"], ["biased"]),
+        helper.make_node("Add", ["biased", "skip"], ["summed"]),
+        helper.make_node("LayerNormalization", ["summed", "gamma", "beta"], ["y"], axis=-1),
+    ]
+    spec = ["B", "S", hidden]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, spec) for n in ("x", "skip")]
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, spec)
+    graph = helper.make_graph(nodes, "residual_ln", inputs, [output], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
+
+
+def test_cpu_sessions_leave_skip_layer_norm_unfused(tmp_path):
+    model = residual_layer_norm_model()
+    assert optimized_op_types(model, tmp_path, unfused=False)["SkipLayerNormalization"] == 1
+    ops = optimized_op_types(model, tmp_path)
+    assert (ops["SkipLayerNormalization"], ops["LayerNormalization"]) == (0, 1)
+    rng = np.random.default_rng(0)
+    x, skip = rng.normal(size=(2, 2, 3, 16)).astype(np.float32)
+    y = cpu_session(model).run(["y"], {"x": x, "skip": skip})[0]
+    summed = x + 0.1 + skip
+    mean, var = summed.mean(-1, keepdims=True), summed.var(-1, keepdims=True)
+    np.testing.assert_allclose(y, (summed - mean) / np.sqrt(var + 1e-5), atol=1e-5)
