@@ -102,9 +102,9 @@ def export_tiny_repo(repo, bert_dir, image_variants=(), text_variants=(), max_le
 
 
 def optimized_op_types(model, folder, unfused: bool = True) -> Counter:
-    """The op types of the graph onnxruntime runs for `model` (a path or serialised bytes) on
-    a CPU after its fusions; built by `cpu_session` as the server builds it when `unfused`,
-    else with every fusion onnxruntime has."""
+    """The op types of `model` (a path or serialised bytes) after onnxruntime's CPU fusions
+    up to the extended level (where GELU and SkipLayerNormalization are fused; the server
+    runs every level), built by `cpu_session` when `unfused`, else with every fusion."""
     import onnxruntime as ort
 
     from embedder.core.runtime import cpu_session

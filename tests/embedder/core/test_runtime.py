@@ -136,3 +136,35 @@ def test_cpu_sessions_leave_skip_layer_norm_unfused(tmp_path):
     summed = x + 0.1 + skip
     mean, var = summed.mean(-1, keepdims=True), summed.var(-1, keepdims=True)
     np.testing.assert_allclose(y, (summed - mean) / np.sqrt(var + 1e-5), atol=1e-5)
+
+
+@pytest.fixture
+def cpu_sessions_built(monkeypatch) -> list:
+    """The models `cpu_session` is called for, in order (it still builds them)."""
+    import embedder.core.runtime as runtime
+
+    built, real = [], runtime.cpu_session
+    monkeypatch.setattr(runtime, "cpu_session",
+                        lambda model, options=None: built.append(model) or real(model, options))  # fmt: skip
+    return built
+
+
+def test_the_server_builds_its_cpu_session_with_cpu_session(tiny_bert_repo, cpu_sessions_built):
+    folder = tiny_bert_repo / "tinybert" / "1"
+    manifest = Manifest.read(folder)
+    model = open_session(folder, manifest, SessionConfig(provider="cpu", cpu_precision="int8"))
+    assert (model.providers, model.precision) == ([CPU], "int8")
+    assert cpu_sessions_built == [folder / manifest.variants["int8"].file]
+
+
+@pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="this machine has CUDA")
+def test_a_gpu_that_does_not_start_leaves_a_cpu_session(tiny_bert_repo, cpu_sessions_built,
+                                                         monkeypatch, caplog):  # fmt: skip
+    """onnxruntime without CUDA skips a CUDA provider it is given, as a GPU that fails does."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA, CPU])
+    folder = tiny_bert_repo / "tinybert" / "1"
+    manifest = Manifest.read(folder)
+    model = open_session(folder, manifest, SessionConfig(provider="auto", cpu_precision="int8"))
+    assert (model.providers, model.precision) == ([CPU], "int8")
+    assert cpu_sessions_built == [folder / manifest.variants["int8"].file]
+    assert "did not start" in caplog.text and "serving int8 on the CPU" in caplog.text
