@@ -120,7 +120,7 @@ def _matmul_recipe(src: Path, dst: Path, graph: onnx.GraphProto, calibration: Fe
     def quantised(keep: list[str]) -> float:  # writes dst
         with quiet_quantiser():
             _dynamic_int8(src, dst, [w for w in weights if w not in keep])
-        return float(_cosines(_session(dst), calibration, reference).min())
+        return float(_cosines(cpu_session(dst), calibration, reference).min())
 
     keep: list[str] = []
     cosine = quantised(keep)
@@ -151,7 +151,7 @@ def _conv_recipe(src: Path, dst: Path, graph: onnx.GraphProto, calibration: Feed
         files[k] = tmp / f"stem{k}.onnx"
         with quiet_quantiser():
             kept[k] = stem_int8(src, files[k], k, calibration, ranges, rounded)
-        session = _session(files[k])
+        session = cpu_session(files[k])
         cosines = _cosines(session, calibration, reference)
         sweep[k] = round(float(np.percentile(cosines, STEM_PERCENTILE)), 6)
         minimum[k] = float(cosines.min())
@@ -228,12 +228,8 @@ def with_node_names(src: Path, tmp: Path) -> Path:
     return named
 
 
-def _session(path: Path):
-    return cpu_session(path)
-
-
 def _reference(src: Path, calibration: Feeds) -> np.ndarray:
-    return embed(_session(src), calibration)
+    return embed(cpu_session(src), calibration)
 
 
 def _cosines(session, calibration: Feeds, reference: np.ndarray) -> np.ndarray:

@@ -93,15 +93,16 @@ def patches(x: np.ndarray, conv: ConvShape) -> np.ndarray:
     return windows.transpose(1, 2, 0, 3, 4).reshape(-1, c * kh * kw)
 
 
-def input_moments(src: Path, convs: list[ConvShape],
+def input_moments(model: onnx.ModelProto, convs: list[ConvShape],
                   chunks: Feeds) -> dict[str, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
     """Per Conv: (M, mean) of its input patches over the calibration chunks, M (C, k, k)
-    per channel for depthwise ones, (k, k) for dense ones."""
-    model = onnx.load(str(src))
+    per channel for depthwise ones, (k, k) for dense ones. `model` is left as it was."""
+    tapped = onnx.ModelProto()
+    tapped.CopyFrom(model)
     taps = sorted({c.data for c in convs})
-    known = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.ValueInfoProto(name=t) for t in taps if t not in known)
-    session = cpu_session(model.SerializeToString())
+    known = {o.name for o in tapped.graph.output}
+    tapped.graph.output.extend(onnx.ValueInfoProto(name=t) for t in taps if t not in known)
+    session = cpu_session(tapped.SerializeToString())
     sums: dict[str, list] = {c.name: [0.0, 0.0, 0] for c in convs}
     for feeds in chunks:
         tensors = dict(zip(taps, session.run(taps, feeds), strict=True))
@@ -152,10 +153,10 @@ def round_channels(w: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 def calibrated_weights(src: Path, chunks: Feeds) -> dict[str, dict[str, np.ndarray]]:
     """Per roundable Conv: its new weight and bias initializers, by initializer name."""
-    graph = onnx.load(str(src)).graph
-    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    convs = roundable_convs(graph)
-    moments = input_moments(src, convs, chunks) if convs else {}
+    model = onnx.load(str(src))
+    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    convs = roundable_convs(model.graph)
+    moments = input_moments(model, convs, chunks) if convs else {}
     chosen = {}
     for conv in convs:
         m, mean = moments[conv.name]

@@ -182,7 +182,7 @@ def test_depthwise_moments_follow_the_input_channel(tmp_path, multiplier):
     model = onnx.load(str(src))
     feeds = _feeds(8, 4, seed=3)
     conv = rounding.roundable_convs(model.graph)[0]
-    m, mean = rounding.input_moments(src, [conv], feeds)["dw"]
+    m, mean = rounding.input_moments(model, [conv], feeds)["dw"]
     rows = np.concatenate([rounding.patches(x, conv) for x in feeds[0]["x"].astype(np.float64)], 1)
     np.testing.assert_allclose(m, np.einsum("cpk,cpl->ckl", rows, rows) / rows.shape[1])
     np.testing.assert_allclose(mean, rows.mean(1))
