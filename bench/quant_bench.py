@@ -104,14 +104,20 @@ def gates(manifest: Manifest, folder: Path, sessions: dict) -> dict[str, str]:
     return {name: gate_summary(gate(probes, s)) for name, s in sessions.items()}
 
 
+def model_parser(doc: str, model: str) -> argparse.ArgumentParser:
+    """The arguments of every in-process benchmark of an exported model."""
+    p = argparse.ArgumentParser(description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--repo", type=Path, default=Path("models"))
+    p.add_argument("--model", default=model)
+    p.add_argument("--version", default="1")
+    return p
+
+
 def main() -> None:
     import onnxruntime as ort
 
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--repo", type=Path, default=Path("models"))
-    p.add_argument("--model", default="minilm_l6")
-    p.add_argument("--version", default="1")
+    p = model_parser(__doc__, "minilm_l6")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--also", type=Path, nargs="*", default=[], help="other files to compare")
     p.add_argument("--stems", default="", help="e.g. 1,3,6,9: static int8 with these fp32 stems")

@@ -188,7 +188,7 @@ def choose_stem(sweep: dict[int, float], passed: dict[int, bool] | None = None) 
 
 
 def stem_int8(src: Path, dst: Path, stem: int, calibration: Feeds, ranges: Path,
-              rounded: dict | None = None) -> list[str]:  # fmt: skip
+              rounded: dict | None = None, activation_bits: int = 8) -> list[str]:  # fmt: skip
     """Static int8 of a convolutional graph with its first `stem` convolutions (in graph
     order) kept fp32 and the others' weights as `rounded` chose them
     (rounding.calibrated_weights; nearest without it); returns the names kept."""
@@ -203,10 +203,10 @@ def stem_int8(src: Path, dst: Path, stem: int, calibration: Feeds, ranges: Path,
     if rounded:
         source = dst.with_suffix(".rounded.onnx")
         with_weights(src, source, {c: w for c, w in rounded.items() if c not in kept})
-        static_int8(source, dst, kept, calibration, ranges)
+        static_int8(source, dst, kept, calibration, ranges, activation_bits)
         source.unlink()
     else:
-        static_int8(src, dst, kept, calibration, ranges)
+        static_int8(src, dst, kept, calibration, ranges, activation_bits)
     return kept
 
 
@@ -271,10 +271,17 @@ def calibration_chunks(calibration: Feeds) -> Feeds:
 
 
 def static_int8(src: Path, dst: Path, kept_fp32: list[str], calibration: Feeds,
-                ranges: Path) -> None:  # fmt: skip
+                ranges: Path, activation_bits: int = 8) -> None:  # fmt: skip
     """Static QDQ int8 of every node but `kept_fp32`; the calibrated ranges are cached in
-    `ranges` (computed when it does not exist yet)."""
+    `ranges` (computed when it does not exist yet). `activation_bits=16` gives uint16
+    activations (the quantiser raises the graph to opset 21 for them), to measure what 8
+    bits cost: onnxruntime's CPU has no 16-bit integer convolution, so such a graph runs its
+    convolutions in fp32 between Q/DQ pairs, slower than fp32 (bench/int8_bound.py)."""
     from onnxruntime import quantization as q
+
+    if activation_bits not in (8, 16):
+        raise ExportError(f"activations are quantised to 8 or 16 bits, not {activation_bits}")
+    wide = activation_bits == 16
 
     chunks = calibration_chunks(calibration)
 
@@ -295,8 +302,9 @@ def static_int8(src: Path, dst: Path, kept_fp32: list[str], calibration: Feeds,
             return next(self.batches, None)
 
     q.quantize_static(str(src), str(dst), Reader(), quant_format=q.QuantFormat.QDQ,
-                      per_channel=True, activation_type=q.QuantType.QUInt8,
-                      weight_type=q.QuantType.QInt8, nodes_to_exclude=kept_fp32,
+                      per_channel=True, weight_type=q.QuantType.QInt8,
+                      activation_type=q.QuantType.QUInt16 if wide else q.QuantType.QUInt8,
+                      nodes_to_exclude=kept_fp32,
                       calibrate_method=q.CalibrationMethod.Percentile,
                       calibration_cache_path=ranges,
                       extra_options={"CalibStridedMinMax": 1})  # fmt: skip

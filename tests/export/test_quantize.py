@@ -306,6 +306,33 @@ def test_calibration_holds_one_chunk_of_inputs_at_a_time(tiny_repo, tmp_path, mo
     _weights_and_activations(tmp_path / "q.onnx", [])
 
 
+def test_sixteen_bit_activations_share_the_ranges_and_come_closer_to_fp32(tiny_repo, tmp_path):
+    """activation_bits=16 (what bench/int8_bound.py measures 8 bits against): uint16 Q/DQ
+    over the same cached ranges, 257 times finer steps, int8 weights as before."""
+    folder = tiny_repo / "tiny_image" / "1"
+    calibration = calibration_feeds(_ImageBackbone(folder))
+    ranges, fp32 = tmp_path / "ranges.json", folder / "model.onnx"
+    steps, error = {}, {}
+    reference = embed(ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]),
+                      calibration)  # fmt: skip
+    for bits, dtype in ((8, np.uint8), (16, np.uint16)):
+        dst = tmp_path / f"q{bits}.onnx"
+        quantize.static_int8(fp32, dst, [], calibration, ranges, activation_bits=bits)
+        graph = onnx.load(str(dst)).graph
+        constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+        quantizers = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+        assert {constants[n.input[2]].dtype for n in quantizers} == {np.dtype(dtype)}
+        steps[bits] = {n.input[0]: float(constants[n.input[1]]) for n in quantizers}
+        session = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+        error[bits] = np.abs(embed(session, calibration) - reference).max()
+    assert steps[8].keys() == steps[16].keys() and len(steps[8]) >= 3
+    for tensor, step in steps[8].items():
+        assert steps[16][tensor] * 65535 == pytest.approx(step * 255, rel=1e-3), tensor
+    assert error[16] < error[8], error
+    with pytest.raises(ExportError, match="8 or 16 bits, not 4"):
+        quantize.static_int8(fp32, tmp_path / "q4.onnx", [], calibration, ranges, 4)
+
+
 def test_calibration_photos_are_neither_samples_nor_probes():
     """The export table's sample cosines and the gate's probes stay out of calibration."""
     from export.fidelity import _digits, _faces
