@@ -7,10 +7,12 @@ CPU runs matrix products of their shapes at all.
 On quant_bench's load (512 BBC articles cut to 128 tokens, batch 32, every core):
 - the model as served (`cpu_session`);
 - its matrix products alone: every MatMul / FusedMatMul / Gemm of one batch, at the shapes
-  onnxruntime's profiler saw, in a graph of nothing else (weights constant, as in the model):
-  the rate the model would have if every other op took no time;
+  onnxruntime's profiler saw, as plain MatMuls in a graph of nothing else (weights constant
+  as in the model; a transposed input taken as already transposed, a Gemm's bias left out,
+  every result kept): about the rate the model would have if every other op took no time;
 - the model's largest matrix product as one GEMM, in onnxruntime and in torch (oneDNN / MKL),
-  best of 20: the matrix products at the best rate this CPU reaches on that shape.
+  as many calls as the load has batches: the rate the model would have if every other op
+  took no time and every product ran at that GEMM's rate.
 With --peer-onnx (Infinity's optimum export: `peer_infinity.py prepare` in ../shared/anchors
 writes it), the peer's graph runs too, in a session built as ours (`cpu_session`: its fastest
 here; a default session, with SkipLayerNormalization fused, runs it about 10 % slower than
@@ -43,28 +45,34 @@ Product = tuple[list[int], list[int], bool]  # (A, B, whether B is a constant we
 
 def as_product(event: dict) -> Product:
     """A profiled product as A [..., M, K] @ B [..., K, N]: K is the first input's elements
-    over the output's rows, whichever input the node transposes. The profile lists only the
-    first input of a product whose weight onnxruntime has packed."""
+    over the output's rows, whichever input the node transposes (a first input broadcast
+    over the second's batch is refused). The profile lists only the first input of a
+    product whose weight onnxruntime has packed."""
     shapes = [next(iter(s.values())) for s in event["args"]["input_type_shape"]]
     out = next(iter(event["args"]["output_type_shape"][0].values()))
-    k = int(np.prod(shapes[0]) // np.prod(out[:-1]))
+    k, rest = divmod(int(np.prod(shapes[0])), int(np.prod(out[:-1])))
+    if rest or not k:
+        raise SystemExit(f"{event['name']}: input {shapes[0]} does not give output {out} "
+                         "row by row (broadcast?); this script counts plain products only")  # fmt: skip
     weight = len(shapes) == 1 or len(shapes[1]) == 2
-    return [*out[:-1], k], [k, out[-1]] if weight else [*out[:-2], k, out[-1]], weight
+    b = [k, out[-1]] if weight else [*out[:-2], k, out[-1]]
+    return [*out[:-1], k], b, weight
 
 
 def flops(products: list[Product]) -> float:
     return sum(2.0 * np.prod(a) * b[-1] for a, b, _ in products)
 
 
-def profile(model: Path, options: ort.SessionOptions, feeds: list[dict]) -> list[Product]:
+def profile(model: Path, threads: int, feeds: list[dict]) -> list[Product]:
     """The matrix products of the model's second batch (the first warms it up)."""
     with tempfile.TemporaryDirectory(prefix="fp32_ceiling.") as tmp:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
         options.enable_profiling, options.profile_file_prefix = True, f"{tmp}/profile"
         session = cpu_session(model, options)
         for f in feeds[:2]:
             session.run(["features"], f)
         events = json.loads(Path(session.end_profiling()).read_text())
-        options.enable_profiling = False
     run = [e for e in events if e.get("name") == "model_run"][1]
     return [as_product(e) for e in events
             if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
@@ -91,39 +99,50 @@ def products_graph(products: list[Product]) -> tuple[bytes, dict[str, np.ndarray
     return model.SerializeToString(), feeds
 
 
-def peer_batches(session, feeds: list[dict]) -> list[dict]:
-    """The same tokens for the peer's graph (token types zero when it asks for them)."""
-    names = [i.name for i in session.get_inputs()]
-    return [{n: f[n] if n in f else np.zeros_like(f["input_ids"]) for n in names} for f in feeds]
-
-
-def docs_per_second(session, batches: list[dict], docs: int) -> float:
+def timed(run, calls: int, items: float) -> float:
+    """items per second over `calls` calls of run."""
     started = time.perf_counter()
-    for b in batches:
-        session.run(None, b)
-    return docs / (time.perf_counter() - started)
+    for i in range(calls):
+        run(i)
+    return items / (time.perf_counter() - started)
 
 
-def gemm_rates(m: int, k: int, n: int, options: ort.SessionOptions) -> dict[str, float]:
-    """GFLOP/s of an (m x k) @ (k x n) float32 product, best of 20, in onnxruntime (weight
-    constant) and in torch."""
+def runners(model: Path, products: list[Product], feeds: list[dict], threads: int,
+            peer_onnx: Path | None) -> dict:  # fmt: skip
+    """name -> a function timing one pass of the load in documents per second."""
     import torch
 
-    model, feeds = products_graph([([m, k], [k, n], True)])
-    session = cpu_session(model, options)
-    torch.set_num_threads(options.intra_op_num_threads)
-    x, w = torch.from_numpy(feeds["a0"]), torch.randn(k, n)
-    runs = {"onnxruntime": lambda: session.run(None, feeds), "torch": lambda: x @ w}
-    rates = {}
-    for name, run in runs.items():
-        run()
-        seconds = []
-        for _ in range(20):
-            started = time.perf_counter()
-            run()
-            seconds.append(time.perf_counter() - started)
-        rates[name] = 2.0 * m * k * n / min(seconds) / 1e9
-    return rates
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    docs, calls = sum(len(f["input_ids"]) for f in feeds), len(feeds)
+    served = cpu_session(model, options)
+    alone, alone_feeds = products_graph(products)
+    alone = cpu_session(alone, options)
+    a, b, _ = max((p for p in products if p[2]), key=lambda p: np.prod(p[0]) * p[1][-1])
+    shape = (int(np.prod(a[:-1])), a[-1], b[-1])
+    gemm, gemm_feeds = products_graph([([shape[0], shape[1]], [shape[1], shape[2]], True)])
+    gemm = cpu_session(gemm, options)
+    torch.set_num_threads(threads)
+    x, w = torch.from_numpy(gemm_feeds["a0"]), torch.randn(shape[1], shape[2])
+    per_gemm = 2.0 * np.prod(shape) / (flops(products) / len(feeds[0]["input_ids"]))  # docs
+    found = {}
+    if peer_onnx:
+        peer = cpu_session(peer_onnx, options)
+        names = [i.name for i in peer.get_inputs()]  # token types zero when it asks
+        batches = [{n: f[n] if n in f else np.zeros_like(f["input_ids"]) for n in names}
+                   for f in feeds]  # fmt: skip
+        found["the peer's graph"] = lambda: timed(lambda i: peer.run(None, batches[i]),
+                                                  calls, docs)  # fmt: skip
+    found["the model as served"] = lambda: timed(lambda i: served.run(None, feeds[i]),
+                                                 calls, docs)  # fmt: skip
+    found["its matrix products alone (other ops free)"] = lambda: timed(
+        lambda i: alone.run(None, alone_feeds), calls, docs)  # fmt: skip
+    label = "x".join(map(str, shape))
+    found[f"products at onnxruntime's {label} GEMM rate (other ops free)"] = lambda: timed(
+        lambda i: gemm.run(None, gemm_feeds), 3 * calls, 3 * calls * per_gemm)  # fmt: skip
+    found[f"products at torch's {label} GEMM rate (other ops free)"] = lambda: timed(
+        lambda i: x @ w, 3 * calls, 3 * calls * per_gemm)  # fmt: skip
+    return found
 
 
 def main() -> None:
@@ -134,43 +153,34 @@ def main() -> None:
     args = p.parse_args()
     folder = args.repo / args.model / args.version
     manifest = Manifest.read(folder)
-    model, cores = folder / manifest.file, len(os.sched_getaffinity(0))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = cores
+    model, threads = folder / manifest.file, len(os.sched_getaffinity(0))
     feeds = workload(manifest, folder)
-    batch, docs = len(feeds[0]["input_ids"]), sum(len(f["input_ids"]) for f in feeds)
-    products = profile(model, options, feeds)
+    if len({f["input_ids"].shape for f in feeds}) != 1:
+        raise SystemExit("the load's batches differ in shape; FLOPs are counted on one batch")
+    batch = len(feeds[0]["input_ids"])
+    products = profile(model, threads, feeds)
     per_doc = flops(products) / batch
-    alone, alone_feeds = products_graph(products)
-
-    runners = {"the model as served": (cpu_session(model, options), feeds),
-               "its matrix products alone": (cpu_session(alone, options),
-                                             [alone_feeds] * len(feeds))}  # fmt: skip
-    if args.peer_onnx:
-        peer = cpu_session(args.peer_onnx, options)
-        runners = {"the peer's graph": (peer, peer_batches(peer, feeds)), **runners}
-    for session, batches in runners.values():
-        session.run(None, batches[0])  # warm
-    rates: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(args.rounds):
-        for name, (session, batches) in runners.items():
-            rates[name].append(docs_per_second(session, batches, docs))
-    medians = {name: float(np.median(r)) for name, r in rates.items()}
-    a, b, _ = max((p for p in products if p[2]), key=lambda p: np.prod(p[0]) * p[1][-1])
-    m, k, n = int(np.prod(a[:-1])), a[-1], b[-1]
-    for library, gflops in gemm_rates(m, k, n, options).items():
-        medians[f"at {library}'s best GEMM rate on {m}x{k}x{n}"] = gflops * 1e9 / per_doc
+    run = runners(model, products, feeds, threads, args.peer_onnx)
+    for measure in run.values():
+        measure()  # warm
+    rates: dict[str, list[float]] = {name: [] for name in run}
+    names = list(run)
+    for r in range(args.rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            rates[name].append(run[name]())
+    medians = {name: float(np.median(values)) for name, values in rates.items()}
 
     peer_docs = medians.get("the peer's graph")
-    print(f"{args.model}, {cores} cores, batch {batch}: {len(products)} matrix products, "
-          f"{per_doc / 1e9:.2f} GFLOP per document; {args.rounds} alternating rounds")  # fmt: skip
+    print(f"{args.model}, {threads} cores, batch {batch}: {len(products)} matrix products, "
+          f"{per_doc / 1e9:.2f} GFLOP per document; {args.rounds} rounds")  # fmt: skip
     print("| rate | docs/s | GFLOP/s in matrix products | vs the peer's graph |")
     print("|---|---|---|---|")
     for name, value in medians.items():
         versus = f"{value / peer_docs:.2f}x" if peer_docs else "-"
         print(f"| {name} | {value:.1f} | {value * per_doc / 1e9:.0f} | {versus} |")
     if peer_docs:
-        other = 1 / medians["the model as served"] - 1 / medians["its matrix products alone"]
+        other = 1 / medians["the model as served"]
+        other -= 1 / medians["its matrix products alone (other ops free)"]
         budget = 1 / (args.target * peer_docs) - other
         needed = f"{per_doc / budget / 1e9:.0f} GFLOP/s" if budget > 0 else "more than any rate"
         print(f"{args.target}x the peer's graph is {args.target * peer_docs:.1f} docs/s; with "

@@ -25,70 +25,97 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from quant_bench import backbone_of, model_parser, rate, workload
+from quant_bench import backbone_of, model_parser, rate, recipe_inputs, workload
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from embedder.core.manifest import Manifest  # noqa: E402
 from embedder.core.runtime import CPU, CPU_UNFUSED, cpu_session  # noqa: E402
-from export.fidelity import calibration_feeds, embed_fp32, gate, probe_sets  # noqa: E402
-from export.quantize import (  # noqa: E402
-    calibration_chunks,
-    fp32_ranges,
-    quiet_quantiser,
-    stem_int8,
-    with_node_names,
-)
-from export.rounding import calibrated_weights, with_weights  # noqa: E402
+from export.fidelity import embed_fp32, gate, probe_sets  # noqa: E402
+from export.quantize import quiet_quantiser, stem_int8  # noqa: E402
+from export.rounding import with_weights  # noqa: E402
 
 
 def activations_only(qdq: Path, fp32: Path, dst: Path) -> None:
-    """qdq with the fp32 graph's weights and biases in place of their DequantizeLinear."""
+    """qdq with the fp32 graph's weights and biases in place of their DequantizeLinear (both
+    graphs with the same node names: with_node_names)."""
     model, source = onnx.load(str(qdq)), onnx.load(str(fp32)).graph
     inputs = {n.name: list(n.input) for n in source.node}
     constants = {i.name: i for i in source.initializer}
-    quantised = {i.name for i in model.graph.initializer}
+    initializers = {i.name for i in model.graph.initializer}
     dequantised = {n.output[0] for n in model.graph.node
-                   if n.op_type == "DequantizeLinear" and n.input[0] in quantised}  # fmt: skip
-    present, fp32_names = set(quantised), set()
+                   if n.op_type == "DequantizeLinear" and n.input[0] in initializers}  # fmt: skip
+    restored = set()
     for node in model.graph.node:
         for j, name in enumerate(node.input):
-            if j > 0 and name in dequantised:
-                node.input[j] = inputs[node.name][j]
-                fp32_names.add(node.input[j])
-                if node.input[j] not in present:
-                    model.graph.initializer.append(constants[node.input[j]])
-                    present.add(node.input[j])
+            if j == 0 or name not in dequantised:
+                continue
+            if node.name not in inputs or inputs[node.name][j] not in constants:
+                raise SystemExit(f"{node.name or node.op_type} reads a quantised constant that "
+                                 f"{fp32.name} does not have under that node name; name the "
+                                 "nodes of both graphs with with_node_names")  # fmt: skip
+            node.input[j] = inputs[node.name][j]
+            if node.input[j] not in initializers | restored:
+                model.graph.initializer.append(constants[node.input[j]])
+            restored.add(node.input[j])
     read = {name for n in model.graph.node for name in n.input}
     nodes = [n for n in model.graph.node if n.output[0] not in dequantised
-             or (n.output[0] in read and n.output[0] not in fp32_names)]  # fmt: skip
+             or (n.output[0] in read and n.output[0] not in restored)]  # fmt: skip
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     read = {name for n in nodes for name in n.input}
-    kept = [i for i in model.graph.initializer if i.name in read]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+    produced = {name for n in nodes for name in n.output}
+    for field, keep in ((model.graph.initializer, read), (model.graph.value_info, produced)):
+        kept = [item for item in field if item.name in keep]
+        del field[:]
+        field.extend(kept)
     onnx.save(model, str(dst))
 
 
-def variants(src: Path, stems: list[int], calibration, out: Path) -> dict[str, tuple[Path, bool]]:
-    """name -> (file, whether a server could serve it), for every row of the table."""
-    rounded = calibrated_weights(src, calibration_chunks(calibration))
-    ranges = fp32_ranges(src, calibration, out)
+def variants(manifest: Manifest, folder: Path, stems: list[int], out: Path) -> tuple:
+    """(the fp32 file with named nodes, {row: (file, whether a server could serve it)})."""
+    src, calibration, rounded, ranges = recipe_inputs(manifest, folder, out)
     files = {}
     for stem in stems:
-        kept = [n.name for n in onnx.load(str(src)).graph.node if n.op_type == "Conv"][:stem]
+        quantised = {}
+        for bits in (8, 16):
+            quantised[bits] = out / f"s{stem}.u{bits}.onnx"
+            with quiet_quantiser():
+                kept = stem_int8(src, quantised[bits], stem, calibration, ranges, rounded,
+                                 activation_bits=bits)  # fmt: skip
         weights = out / f"s{stem}.weights.onnx"
         with_weights(src, weights, {c: w for c, w in rounded.items() if c not in kept})
         files[f"stem {stem} | int8 | fp32"] = (weights, False)
-        for bits in (8, 16):
-            both, alone = out / f"s{stem}.u{bits}.onnx", out / f"s{stem}.u{bits}.alone.onnx"
-            with quiet_quantiser():
-                stem_int8(src, both, stem, calibration, ranges, rounded, bits)
+        for bits, both in quantised.items():
+            alone = both.with_suffix(".alone.onnx")
             activations_only(both, src, alone)
             files[f"stem {stem} | fp32 | uint{bits}"] = (alone, False)
             files[f"stem {stem} | int8 | uint{bits}"] = (both, True)
-    return files
+    return src, files
+
+
+def measure(manifest: Manifest, folder: Path, src: Path, files: dict, rounds: int) -> tuple:
+    """Each file's gate, and the servable ones' rates (items/s per round) with fp32's."""
+    probes = probe_sets(backbone_of(manifest, folder))
+    embed_fp32(probes, cpu_session(src))
+    # sessions that run each graph as written: WeightBiasQuantization would quantise the fp32
+    # weights that activations_only puts back, per tensor (README)
+    faithful = [*CPU_UNFUSED, "WeightBiasQuantization"]
+    gates = {name: gate(probes, ort.InferenceSession(str(f), providers=[CPU],
+                                                     disabled_optimizers=faithful))
+             for name, (f, _) in files.items()}  # fmt: skip
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = len(os.sched_getaffinity(0))
+    served = {"fp32": src} | {name: f for name, (f, ok) in files.items() if ok}
+    sessions = {name: cpu_session(f, options) for name, f in served.items()}
+    feeds = workload(manifest, folder)
+    for s in sessions.values():
+        rate(s, feeds[:2])  # warm
+    rates: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, s in sessions.items():
+            rates[name].append(rate(s, feeds))
+    return gates, rates
 
 
 def main() -> None:
@@ -98,31 +125,10 @@ def main() -> None:
     args = p.parse_args()
     folder = args.repo / args.model / args.version
     manifest = Manifest.read(folder)
-    backbone = backbone_of(manifest, folder)
-    scratch = tempfile.TemporaryDirectory(prefix="int8_bound.")  # removed at exit
-    out = Path(scratch.name)
-    src = with_node_names(folder / manifest.file, out)
-    stems = [int(k) for k in args.stems.split(",")]
-    files = variants(src, stems, calibration_feeds(backbone), out)
-
-    probes = probe_sets(backbone)
-    embed_fp32(probes, cpu_session(src))
-    faithful = [*CPU_UNFUSED, "WeightBiasQuantization"]
-    gates = {name: gate(probes, ort.InferenceSession(str(f), providers=[CPU],
-                                                     disabled_optimizers=faithful))
-             for name, (f, _) in files.items()}  # fmt: skip
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = len(os.sched_getaffinity(0))
-    served = {"fp32": src} | {name: f for name, (f, ok) in files.items() if ok}
-    sessions = {name: cpu_session(f, options) for name, f in served.items()}
-    feeds = workload(manifest, folder)
-    rates: dict[str, list[float]] = {name: [] for name in sessions}
-    for s in sessions.values():
-        rate(s, feeds[:2])  # warm
-    for _ in range(args.rounds):
-        for name, s in sessions.items():
-            rates[name].append(rate(s, feeds))
+    with tempfile.TemporaryDirectory(prefix="int8_bound.") as tmp:
+        stems = [int(k) for k in args.stems.split(",")]
+        src, files = variants(manifest, folder, stems, Path(tmp))
+        gates, rates = measure(manifest, folder, src, files, args.rounds)
 
     print(f"{args.model}: fidelity gate (cosine min, probe change, 10-NN overlap) and speed, "
           f"{len(os.sched_getaffinity(0))} cores, {args.rounds} alternating rounds")  # fmt: skip

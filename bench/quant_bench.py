@@ -68,24 +68,27 @@ def backbone_of(manifest: Manifest, folder: Path) -> SimpleNamespace:
                            extra_files=extra)  # fmt: skip
 
 
+def recipe_inputs(manifest: Manifest, folder: Path, out: Path) -> tuple:
+    """What the static int8 recipe of a CNN starts from: the fp32 file with every node named
+    (under out), the calibration batches, their calibrated rounding and activation ranges."""
+    from export.fidelity import calibration_feeds
+    from export.quantize import calibration_chunks, fp32_ranges, with_node_names
+    from export.rounding import calibrated_weights
+
+    calibration = calibration_feeds(backbone_of(manifest, folder))
+    src = with_node_names(folder / manifest.file, out)
+    rounded = calibrated_weights(src, calibration_chunks(calibration))
+    return src, calibration, rounded, fp32_ranges(src, calibration, out)
+
+
 def stem_variants(manifest: Manifest, folder: Path, stems: list[int], out: Path,
                   nearest: bool) -> dict:  # fmt: skip
     """The static int8 recipe with each stem length, written under out (and with nearest
     rounding as well when asked)."""
-    from export.fidelity import calibration_feeds
-    from export.quantize import (
-        calibration_chunks,
-        fp32_ranges,
-        quiet_quantiser,
-        stem_int8,
-        with_node_names,
-    )
-    from export.rounding import calibrated_weights
+    from export.quantize import quiet_quantiser, stem_int8
 
-    calibration = calibration_feeds(backbone_of(manifest, folder))
-    src, files = with_node_names(folder / manifest.file, out), {}
-    rounded = calibrated_weights(src, calibration_chunks(calibration))
-    ranges = fp32_ranges(src, calibration, out)
+    src, calibration, rounded, ranges = recipe_inputs(manifest, folder, out)
+    files = {}
     for k in stems:
         for how, chosen in [("", rounded), *([(" nearest", None)] if nearest else [])]:
             name = f"static int8, stem {k}{how}"

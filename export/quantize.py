@@ -191,7 +191,8 @@ def stem_int8(src: Path, dst: Path, stem: int, calibration: Feeds, ranges: Path,
               rounded: dict | None = None, activation_bits: int = 8) -> list[str]:  # fmt: skip
     """Static int8 of a convolutional graph with its first `stem` convolutions (in graph
     order) kept fp32 and the others' weights as `rounded` chose them
-    (rounding.calibrated_weights; nearest without it); returns the names kept."""
+    (rounding.calibrated_weights; nearest without it), activations as static_int8 takes
+    them; returns the names kept."""
     graph = onnx.load(str(src), load_external_data=False).graph
     if not is_convolutional(graph):
         raise ExportError(f"{src.name} keeps most of its weights outside convolutions; "
