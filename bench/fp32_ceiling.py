@@ -11,13 +11,13 @@ On quant_bench's load (512 BBC articles cut to 128 tokens, batch 32, every core)
   as in the model; a transposed input taken as already transposed, a Gemm's bias left out,
   every result kept): about the rate the model would have if every other op took no time;
 - the model's largest matrix product as one GEMM, in onnxruntime and in torch (oneDNN / MKL),
-  as many calls as the load has batches: the rate the model would have if every other op
+  three calls per batch of the load: the rate the model would have if every other op
   took no time and every product ran at that GEMM's rate.
 With --peer-onnx (Infinity's optimum export: `peer_infinity.py prepare` in ../shared/anchors
 writes it), the peer's graph runs too, in a session built as ours (`cpu_session`: its fastest
 here; a default session, with SkipLayerNormalization fused, runs it about 10 % slower than
-Infinity serves it). The model, its products and the peer alternate over --rounds; docs/s are
-medians, and every rate is shown as a ratio to the peer's.
+Infinity serves it). All of them alternate over --rounds, the order turning each round; docs/s
+are medians, and every rate is shown as a ratio to the peer's.
 """
 
 from __future__ import annotations
@@ -107,8 +107,8 @@ def timed(run, calls: int, items: float) -> float:
     return items / (time.perf_counter() - started)
 
 
-def runners(model: Path, products: list[Product], feeds: list[dict], threads: int,
-            peer_onnx: Path | None) -> dict:  # fmt: skip
+def runners(model: Path, products: list[Product], per_doc: float, feeds: list[dict],
+            threads: int, peer_onnx: Path | None) -> dict:  # fmt: skip
     """name -> a function timing one pass of the load in documents per second."""
     import torch
 
@@ -124,7 +124,7 @@ def runners(model: Path, products: list[Product], feeds: list[dict], threads: in
     gemm = cpu_session(gemm, options)
     torch.set_num_threads(threads)
     x, w = torch.from_numpy(gemm_feeds["a0"]), torch.randn(shape[1], shape[2])
-    per_gemm = 2.0 * np.prod(shape) / (flops(products) / len(feeds[0]["input_ids"]))  # docs
+    per_gemm = 2.0 * np.prod(shape) / per_doc  # the documents' worth of FLOPs in one GEMM
     found = {}
     if peer_onnx:
         peer = cpu_session(peer_onnx, options)
@@ -160,7 +160,7 @@ def main() -> None:
     batch = len(feeds[0]["input_ids"])
     products = profile(model, threads, feeds)
     per_doc = flops(products) / batch
-    run = runners(model, products, feeds, threads, args.peer_onnx)
+    run = runners(model, products, per_doc, feeds, threads, args.peer_onnx)
     for measure in run.values():
         measure()  # warm
     rates: dict[str, list[float]] = {name: [] for name in run}
