@@ -4,11 +4,17 @@
     python bench/doors_bench.py --repo models --rounds 3
 
 Each door is driven by a lean asyncio client in one client process (grpc.aio stubs; aiohttp for
-HTTP), so the figures compare the server's doors, not client libraries. Cells: one client
-sending 32 items per request, and 32 concurrent single-item clients; texts are BBC News
-sentences for minilm_l6, images the same JPEG photo bytes for mobilenet_v2. Doors alternate
-in order each round; each cell is the median over rounds, and its ratio to embedder.v1 is the
-median of the per-round ratios.
+HTTP), so the figures compare the server's doors, not client libraries. Every client does the
+work a real one does with each answer: embedder.v1's `embeddings` bytes become a float32 array
+of the answer's shape (AsyncEmbedderClient.embed), the OpenAI JSON is parsed and each base64
+embedding decoded into one float32 array, KServe's gRPC `raw_output_contents` and its REST
+answer (JSON header, then the binary tensor) become arrays of the shapes the answers give; each
+answer's row count is checked. Cells: one client sending 32 items per request, and 32
+concurrent single-item clients; texts are 32 numbered sentences about markets, football and
+films for minilm_l6, images the same JPEG photo bytes for mobilenet_v2. Doors alternate in
+order each round; each cell is the median over rounds, and its ratio to embedder.v1 is the
+median of the per-round ratios. KServe's requests ask for the `embedding` output alone, as
+embedder.v1 and OpenAI answer with nothing else.
 """
 
 from __future__ import annotations
@@ -18,9 +24,7 @@ import asyncio
 import base64
 import io
 import json
-import re
 import struct
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,10 +34,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from embedder.client import AsyncEmbedderClient, embed_request  # noqa: E402
+from embedder.serving.launch import ServeProcess  # noqa: E402
 from protos.embedder.v1 import embedder_pb2 as pb  # noqa: E402
 from protos.inference.v2 import messages as v2  # noqa: E402
 
-SERVE = "from embedder.serving.cli import serve_main; raise SystemExit(serve_main())"
 DOORS = ("embedder.v1", "openai", "kserve-v2 grpc", "kserve-v2 rest")
 CELLS = ((32, 1), (1, 32))
 
@@ -49,15 +53,58 @@ def inputs(model: str) -> list:
     return [buf.getvalue()] * 32
 
 
+NUMPY = {"FP32": "<f4"}  # the output datatypes the server answers with
+
+
+def kserve_bytes(elements: list[bytes]) -> bytes:
+    """A KServe BYTES tensor's raw contents: each element's 4-byte little-endian length, then
+    its bytes."""
+    return b"".join(struct.pack("<I", len(b)) + b for b in elements)
+
+
+def openai_embeddings(body: bytes) -> np.ndarray:
+    """The (N, D) float32 embeddings of an OpenAI answer with base64 embeddings."""
+    data = json.loads(body)["data"]
+    return np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in data])
+
+
+def kserve_rest_outputs(body: bytes, header_length: int) -> dict[str, np.ndarray]:
+    """A KServe REST answer with binary outputs: its JSON header, then each output's bytes."""
+    header, at, out = json.loads(body[:header_length]), header_length, {}
+    for o in header["outputs"]:
+        size = o["parameters"]["binary_data_size"]
+        dtype = np.dtype(NUMPY[o["datatype"]])
+        out[o["name"]] = np.frombuffer(body, dtype, size // dtype.itemsize, at).reshape(o["shape"])
+        at += size
+    return out
+
+
+def kserve_grpc_outputs(response) -> dict[str, np.ndarray]:
+    """A KServe gRPC answer's raw_output_contents as arrays of their outputs' shapes."""
+    return {o.name: np.frombuffer(raw, NUMPY[o.datatype]).reshape(tuple(o.shape))
+            for o, raw in zip(response.outputs, response.raw_output_contents, strict=True)}  # fmt: skip
+
+
+def checked(embeddings: np.ndarray, count: int) -> np.ndarray:
+    if embeddings.ndim != 2 or len(embeddings) != count:
+        raise RuntimeError(f"{count} items answered with embeddings of shape {embeddings.shape}")
+    return embeddings
+
+
 def caller(door: str, model: str, items: list, grpc_target: str, http: str, session):
-    """An async function sending `items` once through `door`."""
-    text = isinstance(items[0], str)
+    """An async function sending `items` once through `door` and returning the embeddings,
+    parsed into a float32 array as a client of that door would."""
+    text, n = isinstance(items[0], str), len(items)
     if door == "embedder.v1":
         client = AsyncEmbedderClient(grpc_target)
         request = embed_request(
             model, [pb.Item(text=i) if text else pb.Item(image=i) for i in items]
         )
-        return lambda: client.embed(request)
+
+        async def embed():
+            return checked((await client.embed(request)).embeddings, n)
+
+        return embed
     if door == "openai":
         data = items if text else ["data:image/jpeg;base64," + base64.b64encode(i).decode()
                                    for i in items]  # fmt: skip
@@ -67,11 +114,10 @@ def caller(door: str, model: str, items: list, grpc_target: str, http: str, sess
             async with session.post(f"http://{http}/v1/embeddings", data=body,
                                     headers={"Content-Type": "application/json"}) as r:  # fmt: skip
                 assert r.status == 200, await r.text()
-                await r.read()
+                return checked(openai_embeddings(await r.read()), n)
 
         return post
-    raw = b"".join(struct.pack("<I", len(b)) + b for b in (
-        [i.encode() for i in items] if text else items))  # fmt: skip
+    raw = kserve_bytes([i.encode() for i in items] if text else items)
     name = "text" if text else "image"
     if door == "kserve-v2 grpc":
         import grpc
@@ -80,11 +126,16 @@ def caller(door: str, model: str, items: list, grpc_target: str, http: str, sess
         call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
                                    request_serializer=v2.ModelInferRequest.SerializeToString,
                                    response_deserializer=v2.ModelInferResponse.FromString)  # fmt: skip
-        tensor = v2.ModelInferRequest.InferInputTensor(name=name, datatype="BYTES",
-                                                       shape=[len(items)])  # fmt: skip
-        request = v2.ModelInferRequest(model_name=model, inputs=[tensor], raw_input_contents=[raw])
-        return lambda: call(request, timeout=60)
-    header = json.dumps({"inputs": [{"name": name, "datatype": "BYTES", "shape": [len(items)],
+        tensor = v2.ModelInferRequest.InferInputTensor(name=name, datatype="BYTES", shape=[n])
+        wanted = v2.ModelInferRequest.InferRequestedOutputTensor(name="embedding")
+        request = v2.ModelInferRequest(model_name=model, inputs=[tensor], outputs=[wanted],
+                                       raw_input_contents=[raw])  # fmt: skip
+
+        async def infer_grpc():
+            return checked(kserve_grpc_outputs(await call(request, timeout=60))["embedding"], n)
+
+        return infer_grpc
+    header = json.dumps({"inputs": [{"name": name, "datatype": "BYTES", "shape": [n],
                                      "parameters": {"binary_data_size": len(raw)}}],
                          "outputs": [{"name": "embedding",
                                       "parameters": {"binary_data": True}}]}).encode()  # fmt: skip
@@ -95,7 +146,8 @@ def caller(door: str, model: str, items: list, grpc_target: str, http: str, sess
         async with session.post(f"http://{http}/v2/models/{model}/infer", data=header + raw,
                                 headers=headers) as r:  # fmt: skip
             assert r.status == 200, await r.text()
-            await r.read()
+            body, length = await r.read(), int(r.headers["Inference-Header-Content-Length"])
+            return checked(kserve_rest_outputs(body, length)["embedding"], n)
 
     return infer
 
@@ -133,13 +185,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    cmd = [sys.executable, "-c", SERVE, "--repo", str(args.repo), "--address", "127.0.0.1:0",
-           "--http-address", "127.0.0.1:0", "--log-level", "WARNING"]  # fmt: skip
-    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    try:
-        line = server.stdout.readline()
-        grpc_port, http_port = re.findall(r"port (\d+)", line)
-        grpc_target, http = f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}"
+    flags = ["--repo", args.repo, "--address", "127.0.0.1:0", "--http-address", "127.0.0.1:0",
+             "--log-level", "WARNING"]  # fmt: skip
+    with ServeProcess(flags) as server:
         rounds = []
         for r in range(args.rounds):
             order = DOORS if r % 2 == 0 else tuple(reversed(DOORS))
@@ -147,13 +195,10 @@ def main() -> None:
             for model in args.models:
                 for batch, clients in CELLS:
                     for door in order:
-                        rows[model, batch, clients, door] = asyncio.run(
-                            cell(door, model, batch, clients, grpc_target, http, args.seconds)
-                        )
+                        rows[model, batch, clients, door] = asyncio.run(cell(
+                            door, model, batch, clients, server.grpc_target, server.http_target,
+                            args.seconds))  # fmt: skip
             rounds.append(rows)
-    finally:
-        server.terminate()
-        server.wait(60)
     print("| model | batch | clients | door | items/s | p50 ms | p99 ms | vs embedder.v1 |")
     print("|---|---|---|---|---|---|---|---|")
     results = []

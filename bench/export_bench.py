@@ -2,18 +2,21 @@
 
     python bench/export_bench.py --repo models --images 1024 --models mobilenet_v2 dinov2_small
 
-Ceiling: in-process onnxruntime on images already decoded to pixels, the best rate over batch
-sizes 1-32, run one at a time with all cores, two side by side with half each, or one per core; sessions opened
-and warmed beforehand. Cold export: `export_features` with its defaults on the same images as JPEG
-files (decode in worker threads, overlapped with inference), timed whole (model loading included) and in steady state: a second cold export of an
-eighth of the images gives the fixed cost, which the difference of the two removes. Then the CPU
-per image of inference and of preprocessing alone, and the bound they set on two busy cores.
-For the first model: the same export again, all cached (three times, the median counts); Ray
-(started before timing; its start-up is reported on its own); `load_features` on 200k x 512.
+Cores are the ones this process may run on (its affinity). Ceiling: in-process onnxruntime on
+images already decoded to pixels, the best rate over batch sizes 1-32, run one at a time with
+every core, two side by side with half each, or one per core; sessions opened and warmed
+beforehand. Cold export: `export_features` with its defaults on the same images as JPEG files
+(decode in worker threads, overlapped with inference), timed whole (model loading included)
+and in steady state: a second cold export of an eighth of the images gives the fixed cost,
+which the difference of the two removes. Then the CPU per image of inference and of
+preprocessing alone, and the bound they set with every core busy. For the first model: the
+same export again, all cached (three times, the median counts); Ray (started before timing;
+its start-up is reported on its own); `load_features` on 200k x 512.
 
 On a GPU (`--provider cuda`, bench/gpu_export.py): the export against the lower of two bounds,
 the GPU's (raw onnxruntime-CUDA with IO binding, batch 64, host in/out) and the CPU's (reading,
-hashing and decoding, or tokenising, on every core), for images and for BBC News texts.
+hashing and decoding, or tokenising, in one worker process per core, as the export prepares
+items on a GPU machine), for images and for BBC News texts.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from embedder.cache import CacheIdentity, EmbeddingCache, load_features  # noqa:
 from embedder.core.inputs import Preprocessor  # noqa: E402
 from embedder.core.preprocess import preprocess_image_bytes  # noqa: E402
 from embedder.features import FeaturesConfig, export_features  # noqa: E402
-from embedder.features.local import open_model  # noqa: E402
+from embedder.features.local import batch_session  # noqa: E402
 from embedder.features.prepare import make_preparer  # noqa: E402
 from embedder.features.sources import image_folder  # noqa: E402
 
@@ -62,7 +65,7 @@ def make_photos(folder: Path, n: int) -> list[Path]:
         crop.save(path, quality=90)
         return path
 
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
         return list(pool.map(write, range(n)))
 
 
@@ -81,9 +84,9 @@ def ceiling(config: FeaturesConfig, paths: list[Path], seconds: float) -> dict:
     every core or two side by side with half the cores each; with its CPU ms per image."""
     best: dict = {"rate": 0.0}
     pixels = None
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
     for streams in sorted({1, 2, cores}):
-        session = open_model(replace(config, intra_op_threads=max(1, cores // streams)))
+        session = batch_session(replace(config, intra_op_threads=max(1, cores // streams)))
         if pixels is None:  # decoded once
             cfg = session.manifest.preprocess
             pixels = np.stack([preprocess_image_bytes(p.read_bytes(), cfg) for p in paths])
@@ -116,7 +119,7 @@ def _run_for(session, pixels: np.ndarray, size: int, streams: int, seconds: floa
 
 def preprocessing_ms(config: FeaturesConfig, paths: list[Path]) -> float:
     """CPU ms per image to read, hash, decode and resize, on one thread."""
-    session = open_model(config)
+    session = batch_session(config)
     pre = Preprocessor(session.manifest, session.folder, config.max_image_pixels)
     prepare = make_preparer(session.manifest, pre, set())
     items = list(image_folder(paths[0].parent))
@@ -179,7 +182,7 @@ def main() -> None:
         folder.mkdir()
         paths = make_photos(folder, args.images)
         items = list(image_folder(folder))
-        cores = os.cpu_count() or 1
+        cores = len(os.sched_getaffinity(0))
         print(f"{len(paths)} JPEGs of 500 x 375, {cores} cores\n")
         print("| model | ceiling items/s | cold export items/s | vs ceiling | steady state "
               "items/s | vs ceiling | fixed cost s | CPU bound vs ceiling |")  # fmt: skip

@@ -26,9 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from launch import launch_server  # noqa: E402
-
 from embedder.client import AsyncEmbedderClient, embed_request  # noqa: E402
+from embedder.serving.launch import ServeProcess  # noqa: E402
 from protos.embedder.v1 import embedder_pb2 as pb  # noqa: E402
 
 
@@ -91,8 +90,8 @@ def main() -> None:
     p.add_argument("--metrics-port", type=int, default=50932)
     p.add_argument("--server-args", default="", help="extra embedder-serve flags")
     args = p.parse_args()
-    server = launch_server(["--repo", str(args.repo), "--address", f"127.0.0.1:{args.port}",
-                            "--max-queue-size", "64", "--metrics-port", str(args.metrics_port),
+    server = ServeProcess(["--repo", str(args.repo), "--address", f"127.0.0.1:{args.port}",
+                            "--max-queue-size", "64", "--metrics-address", str(args.metrics_port),
                             "--log-level", "WARNING", *args.server_args.split()])  # fmt: skip
     try:
         url = f"http://127.0.0.1:{args.metrics_port}/metrics"
@@ -100,8 +99,7 @@ def main() -> None:
         stats = asyncio.run(load(f"127.0.0.1:{args.port}", args.clients // 2, args.seconds))
         after = cpu_seconds(url)
     finally:
-        server.terminate()
-        server.wait(60)
+        server.stop(60)
     used = {m: after.get(m, 0.0) - before.get(m, 0.0) for m in stats}
     total = sum(used.values()) or 1.0
     print("| model | answered | items/s | p50 ms | p99 ms | refused | inference CPU s | share |")

@@ -3,17 +3,18 @@
     python bench/gpu_fidelity.py save  --repo models --out refs.npz   # here: fp32 on the CPU
     python bench/gpu_fidelity.py check --repo models --refs refs.npz  # there: fp16 on CUDA
 
-`save` keeps the inputs (32 photo crops, preprocessed; 16 whole BBC articles, truncated to the
-model's 256 tokens, and 16 short sentences) with their fp32 outputs, so the GPU machine needs
-neither the fp32 files nor the data. `check` runs the fp16 file on CUDA at batch 1, 7 and 32,
-and prints the minimum and mean cosine and whether any output is NaN or infinite; then the
-first and second call time for batch sizes not seen before (convolution algorithm choice).
+`save` keeps the inputs (32 random crops of the sample photos, preprocessed as served:
+export.samples.photo_crops; 16 whole BBC articles, truncated to the model's 256 tokens, and 16
+short sentences) with their fp32 outputs, so the GPU machine needs neither the fp32 files nor
+the data. `check` runs the fp16 file on CUDA at batch 1, 7 and 32, and prints the minimum and
+mean cosine to fp32 (embedder.core.vectors.cosine_rows) and whether any output is NaN or
+infinite; then the first and second call time for batch sizes not seen before (convolution
+algorithm choice).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -24,9 +25,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from embedder.core.config import SessionConfig  # noqa: E402
-from embedder.core.inputs import Preprocessor, RawItem  # noqa: E402
+from embedder.core.inputs import Preprocessor  # noqa: E402
 from embedder.core.manifest import Manifest  # noqa: E402
 from embedder.core.runtime import open_session  # noqa: E402
+from embedder.core.vectors import cosine_rows  # noqa: E402
+from export.samples import photo_crops, sample_photos  # noqa: E402
 
 SENTENCES = [
     "A cup of espresso on a wooden table.",
@@ -38,31 +41,11 @@ BATCHES = (1, 7, 32)
 NEW_SIZES = (3, 5, 9, 17, 33, 64)
 
 
-def photo_crops(n: int) -> list[bytes]:
-    import skimage.data
-    from PIL import Image
-
-    photos = [skimage.data.coffee(), skimage.data.chelsea(), skimage.data.astronaut(),
-              skimage.data.rocket(), skimage.data.retina()]  # fmt: skip
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(n):
-        photo = photos[i % len(photos)]
-        h, w = photo.shape[:2]
-        size = int(rng.integers(min(h, w) // 3, min(h, w)))
-        top, left = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
-        buf = io.BytesIO()
-        Image.fromarray(photo[top : top + size, left : left + size]).save(buf, "PNG")
-        out.append(buf.getvalue())
-    return out
-
-
 def inputs(name: str, folder: Path) -> list:
     """One model's 32 inputs, ready for its preprocessor's collate."""
     manifest = Manifest.read(folder)
-    pre = Preprocessor(manifest, folder)
     if manifest.modality == "image":
-        return [pre.image(i, RawItem("image", b)) for i, b in enumerate(photo_crops(32))]
+        return list(photo_crops(manifest.preprocess, 32, list(sample_photos().values())))
     from heads.datasets import bbc_news
 
     articles = bbc_news()[0][::139][:16]
@@ -89,11 +72,6 @@ def save(args) -> None:
     np.savez_compressed(args.out, **arrays)
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
 def check(args) -> None:
     refs = np.load(args.refs)
     results = {}
@@ -109,7 +87,7 @@ def check(args) -> None:
         result = {"providers": session.providers, "precision": session.precision}
         for n in BATCHES:
             out = session.features(feeds(n))
-            cos = cosine(out, fp32[:n])
+            cos = cosine_rows(out, fp32[:n])
             result[f"batch {n}"] = {"cosine_min": float(cos.min()),
                                     "cosine_mean": float(cos.mean()),
                                     "finite": bool(np.isfinite(out).all())}  # fmt: skip

@@ -66,37 +66,27 @@ def first_calls(path: Path, pixels: np.ndarray) -> dict:
 
 
 def variants(folder: Path) -> dict[str, bytes]:
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
-    from export.variants import _resize_size_nodes
+    from export.variants import depthwise_convs, fp16_model
 
     source = onnx.load(str(folder / "model.onnx"))
     nodes = list(source.graph.node)
     first_conv = next(i for i, n in enumerate(nodes) if n.op_type == "Conv")
-    head = [n.name for n in nodes[: first_conv + 1]]  # input normalisation and the first conv
-    depthwise = [n.name for n in nodes if n.op_type == "Conv" and any(
-        a.name == "group" and a.i > 1 for a in n.attribute)]  # fmt: skip
-    pooling = ["GlobalAveragePool", "ReduceMean", "Flatten"]
+    head = tuple(n.name for n in nodes[: first_conv + 1])  # input normalisation, first conv
+    pooling = ("GlobalAveragePool", "ReduceMean", "Flatten")
     plans = {
-        "default block list": ([], []),
-        "pooling fp32": (pooling, []),
-        "input + first conv fp32": ([], head),
-        "depthwise fp32": ([], depthwise),
+        "default block list": ((), ()),
+        "pooling fp32": (pooling, ()),
+        "input + first conv fp32": ((), head),
+        "depthwise fp32": ((), tuple(depthwise_convs(source.graph))),
         "pooling + input + first conv fp32": (pooling, head),
     }
-    out = {}
-    for name, (ops, node_names) in plans.items():
-        model = convert_float_to_float16(
-            onnx.load(str(folder / "model.onnx")), keep_io_types=True,
-            op_block_list=[*DEFAULT_OP_BLOCK_LIST, "Resize", *ops],
-            node_block_list=[*_resize_size_nodes(source.graph), *node_names],
-        )  # fmt: skip
-        out[name] = model.SerializeToString()
-    return out
+    return {name: fp16_model(onnx.load(str(folder / "model.onnx")), ops, node_names)
+            .SerializeToString() for name, (ops, node_names) in plans.items()}  # fmt: skip
 
 
 def fidelity(folder: Path, refs: np.lib.npyio.NpzFile, work: Path) -> dict:
     from embedder.core.runtime import ModelSession
+    from embedder.core.vectors import cosine_rows
 
     pixels, fp32 = refs["mobilenet_v2/inputs"], refs["mobilenet_v2/fp32"]
     out = {}
@@ -106,8 +96,7 @@ def fidelity(folder: Path, refs: np.lib.npyio.NpzFile, work: Path) -> dict:
         s = session(path, {})
         model = ModelSession(None, folder, s, s.get_providers(), "fp16", (32, 64))
         got = model.features({"pixels": pixels})
-        a, b = got.astype(np.float64), fp32.astype(np.float64)
-        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        cos = cosine_rows(got, fp32)
         batch = {"pixels": np.concatenate([pixels, pixels])}
         model.features(batch)
         t, runs = time.perf_counter(), 0

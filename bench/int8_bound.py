@@ -10,9 +10,12 @@ For each stem (leading convolutions kept fp32, as in export/quantize.py's recipe
   bias's DequantizeLinear replaced by the fp32 tensor;
 - activations uintN, weights int8: the recipe's graph (N = 8), or the same with 16-bit
   activations, which onnxruntime's CPU runs as fp32 convolutions between Q/DQ pairs.
-Gates are measured with onnxruntime's WeightBiasQuantization off (it would quantise the fp32
-weights of the middle rows when the session is built). Speeds: ratio to fp32, median of
-alternating rounds on quant_bench's load, sessions built as the server builds them.
+Every graph runs in one session, built as the server builds one but with onnxruntime's
+WeightBiasQuantization off as well (it would quantise the fp32 weights of the middle rows when
+the session is built): its gate is measured on that session, and the rows a server could serve
+are timed on that same session, against fp32's (which also gives the gate's reference), so the
+speed is that of the graph gated. Speeds: ratio to fp32, the median of per-round ratios on
+quant_bench's load, each round timing every graph once, the order reversed every other round.
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from quant_bench import backbone_of, model_parser, rate, recipe_inputs, workload
+from quant_bench import alternating, backbone_of, model_parser, rate, recipe_inputs, workload
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from embedder.core.manifest import Manifest  # noqa: E402
-from embedder.core.runtime import CPU, CPU_UNFUSED, cpu_session  # noqa: E402
+from embedder.core.runtime import CPU, CPU_UNFUSED  # noqa: E402
 from export.fidelity import embed_fp32, gate, probe_sets  # noqa: E402
 from export.quantize import quiet_quantiser, stem_int8  # noqa: E402
 from export.rounding import with_weights  # noqa: E402
@@ -95,26 +98,30 @@ def variants(manifest: Manifest, folder: Path, stems: list[int], out: Path) -> t
 
 
 def measure(manifest: Manifest, folder: Path, src: Path, files: dict, rounds: int) -> tuple:
-    """Each file's gate, and the servable ones' rates (items/s per round) with fp32's."""
-    probes = probe_sets(backbone_of(manifest, folder))
-    embed_fp32(probes, cpu_session(src))
+    """Each file's gate, and the servable ones' rates (items/s per round) with fp32's, timed on
+    the sessions their gates were measured on."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = len(os.sched_getaffinity(0))
     # sessions that run each graph as written: WeightBiasQuantization would quantise the fp32
     # weights that activations_only puts back, per tensor (README)
     faithful = [*CPU_UNFUSED, "WeightBiasQuantization"]
-    gates = {name: gate(probes, ort.InferenceSession(str(f), providers=[CPU],
-                                                     disabled_optimizers=faithful))
-             for name, (f, _) in files.items()}  # fmt: skip
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = len(os.sched_getaffinity(0))
-    served = {"fp32": src} | {name: f for name, (f, ok) in files.items() if ok}
-    sessions = {name: cpu_session(f, options) for name, f in served.items()}
+
+    def session(path: Path):
+        return ort.InferenceSession(str(path), options, providers=[CPU],
+                                    disabled_optimizers=faithful)  # fmt: skip
+
+    probes = probe_sets(backbone_of(manifest, folder))
+    sessions = {"fp32": session(src)} | {name: session(f) for name, (f, _) in files.items()}
+    embed_fp32(probes, sessions["fp32"])
+    gates = {name: gate(probes, sessions[name]) for name in files}
+    timed = ["fp32", *(name for name, (_, servable) in files.items() if servable)]
     feeds = workload(manifest, folder)
-    for s in sessions.values():
-        rate(s, feeds[:2])  # warm
-    rates: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(rounds):
-        for name, s in sessions.items():
-            rates[name].append(rate(s, feeds))
+    for name in timed:
+        rate(sessions[name], feeds[:2])  # warm
+    rates: dict[str, list[float]] = {name: [] for name in timed}
+    for r in range(rounds):
+        for name in alternating(timed, r):
+            rates[name].append(rate(sessions[name], feeds))
     return gates, rates
 
 

@@ -1,14 +1,16 @@
 """A mixed-length text load on embedder-serve: short sentences and whole BBC News articles at
-once, against the same load on another checkout of the code (alternating rounds, one sitting).
+once, against the same load on another checkout of the code (alternating rounds, one sitting:
+this checkout first in odd rounds, the baseline first in even ones).
 
     python bench/mixed_bench.py --repo models --baseline /tmp/base --rounds 3
 
 Closed loop over gRPC: `--short-clients` callers each send one tweet-length sentence (an
 article's first sentence, cut to 25 words) per request, `--long-clients` callers one whole
 article (the model truncates it to its max_length), for `--seconds` per round. Prints per side
-and round: short and long texts/s, their p50 / p99 latency, and all texts/s; then the medians
-and the ratio of this checkout to the baseline (`--baseline`: a folder with this repository's
-layout, e.g. `git worktree add /tmp/base <commit>`; its server runs on the same models).
+and round, in the order run: short and long texts/s, their p50 / p99 latency, and all texts/s;
+then the medians, and the ratio of this checkout's all texts/s to the baseline's in each round
+with their median (`--baseline`: a folder with this repository's layout, e.g. `git worktree
+add /tmp/base <commit>`; its server runs on the same models).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,9 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from launch import launch_server  # noqa: E402
-
 from embedder.client import AsyncEmbedderClient, embed_request  # noqa: E402
+from embedder.serving.launch import ServeProcess  # noqa: E402
 from protos.embedder.v1 import embedder_pb2 as pb  # noqa: E402
 
 
@@ -39,9 +39,9 @@ def texts() -> tuple[list[str], list[str]]:
     return short, articles
 
 
-def start(source: Path, repo: Path, port: int) -> subprocess.Popen:
+def start(source: Path, repo: Path, port: int) -> ServeProcess:
     flags = ["--repo", str(repo), "--address", f"127.0.0.1:{port}", "--log-level", "WARNING"]
-    return launch_server(flags, env={**os.environ, "PYTHONPATH": str(source)}, cwd=source)
+    return ServeProcess(flags, env={**os.environ, "PYTHONPATH": str(source)}, cwd=source)
 
 
 async def _caller(client, model: str, pool: list[str], seed: int, end: float) -> list[float]:
@@ -91,22 +91,21 @@ def main() -> None:
     print("|---|---|" + "---|" * len(keys))
     rows: dict[str, list[dict]] = {side: [] for side in sides}
     for r in range(args.rounds):
-        for side, source in sides.items():
-            server = start(source, args.repo.resolve(), args.port)
+        order = list(sides) if r % 2 == 0 else list(reversed(sides))  # A, B then B, A
+        for side in order:
+            server = start(sides[side], args.repo.resolve(), args.port)
             try:
                 row = asyncio.run(load(f"127.0.0.1:{args.port}", args.model, args, short, long))
             finally:
-                server.terminate()
-                server.wait(30)
+                server.stop(30)
             rows[side].append(row)
             print(f"| {side} | {r + 1} | " + " | ".join(f"{row[k]:.1f}" for k in keys) + " |")
     for side, rs in rows.items():
         med = {k: float(np.median([x[k] for x in rs])) for k in keys}
         print(f"| {side} | median | " + " | ".join(f"{med[k]:.1f}" for k in keys) + " |")
     ratios = [a["all/s"] / b["all/s"] for a, b in zip(*rows.values(), strict=True)]
-    print(
-        f"all texts/s, this checkout / baseline per round: {', '.join(f'{x:.2f}' for x in ratios)}"
-    )
+    print(f"all texts/s, this checkout / baseline per round: "
+          f"{', '.join(f'{x:.2f}' for x in ratios)}; median {np.median(ratios):.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ in alternating rounds, with each variant's fidelity gate from the manifest.
 
 Texts: the first 512 BBC News articles cut to 128 tokens, batch 32 (the peer benchmark's load).
 Images: 128 random 224 x 224 pixel arrays, batch 4 (the CPU batch size). One session per file,
-every core; each round measures every file once, in turn, and the table holds the medians of
-the per-round rates and of the per-round ratios to fp32. `--stems` adds the static int8 recipe
+every core; each round measures every file once, in turn, the order reversed every other round
+(A, B, C then C, B, A: drift over the sitting falls on every file alike), and the table holds
+the medians of the per-round rates and of the per-round ratios to fp32. `--stems` adds the static int8 recipe
 of a CNN with each of those stem lengths kept fp32 (export/quantize.py; with its calibrated
 rounding, and `--nearest` adds the same stems with nearest rounding), and `--gate` measures
 the fidelity gate of every file on the export's probe sets (otherwise the manifest's is shown).
@@ -57,6 +58,11 @@ def rate(session, feeds: list[dict[str, np.ndarray]]) -> float:
     for f in feeds:
         session.run(["features"], f)
     return items_in(feeds) / (time.perf_counter() - started)
+
+
+def alternating(names: list, round_index: int) -> list:
+    """`names` in order in even rounds, reversed in odd ones (A, B then B, A)."""
+    return list(names) if round_index % 2 == 0 else list(reversed(names))
 
 
 def backbone_of(manifest: Manifest, folder: Path) -> SimpleNamespace:
@@ -151,9 +157,9 @@ def main() -> None:
     for s in sessions.values():
         rate(s, feeds[:2])  # warm
     rates: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(args.rounds):
-        for k, s in sessions.items():
-            rates[k].append(rate(s, feeds))
+    for r in range(args.rounds):
+        for k in alternating(list(sessions), r):
+            rates[k].append(rate(sessions[k], feeds))
     measured = gates(manifest, folder, sessions) if args.gate else {}
     print(f"{args.model}, {len(os.sched_getaffinity(0))} cores, {args.rounds} alternating rounds")
     print("| file | items/s (median) | vs fp32 (median of rounds) | fidelity gate |")

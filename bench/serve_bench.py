@@ -10,7 +10,11 @@ Prints a table: items/s, p50 / p99 latency per call, the ratio to the best in-pr
 throughput (one run with all cores, or two side by side: the ceiling), and the CPU each item cost
 (Linux): in-process, the process; service, the server and the client processes together. The
 last column is the ratio a cell would reach with every core busy all the time at that cost: the
-bound that per-request overhead alone sets, before any idle time.
+bound that per-request overhead alone sets, before any idle time. "Cores" are the ones this
+process may run on (its affinity). Each caller's first call is a warm-up, outside the clock, the
+item count and the CPU, on both sides. With `--rounds`, the ceiling runs first in odd rounds and
+the service first in even ones; each cell is the median over rounds, its ratio the median of
+the per-round ratios.
 
 On a GPU (`--provider cuda`) the ceiling is raw onnxruntime-CUDA with IO binding on the model's
 own fp16 session (bench/ort_cuda.py): batch 64 with host in/out (what a server must do) and,
@@ -25,10 +29,8 @@ import asyncio
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from launch import launch_server  # noqa: E402
-from ort_cuda import TEXTS, host_io, on_device, ready_inputs  # noqa: E402
+from ort_cuda import TEXTS, host_io, on_device, ready_inputs, timed_calls  # noqa: E402
 
 from embedder.client import AsyncEmbedderClient, embed_request, image_item  # noqa: E402
 from embedder.core.config import SessionConfig  # noqa: E402
@@ -48,6 +49,7 @@ from embedder.core.runtime import (
     open_session,  # noqa: E402
 )
 from embedder.engine.config import BatchingConfig  # noqa: E402
+from embedder.serving.launch import ServeProcess  # noqa: E402
 from protos.embedder.v1 import embedder_pb2 as pb  # noqa: E402
 
 
@@ -75,16 +77,6 @@ def thread_cpu(pid: int) -> dict[int, float]:
     return out
 
 
-def timed_loop(call, seconds: float) -> list[float]:
-    latencies, end = [], time.perf_counter() + seconds
-    call()  # warm
-    while time.perf_counter() < end or len(latencies) < 2:
-        t = time.perf_counter()
-        call()
-        latencies.append(time.perf_counter() - t)
-    return latencies
-
-
 def row(mode: str, batch: int, clients: int, items: int, wall: float, lat: list[float],
         cpu: float) -> dict:  # fmt: skip
     p50, p99 = (1000 * float(np.percentile(lat, q)) for q in (50, 99))
@@ -110,22 +102,15 @@ def in_process(repo: Path, name: str, provider: str, seconds: float) -> list[dic
     session = open_session(folder, manifest, SessionConfig(provider=provider))
     rows = []
     for batch in (1, 8, 32):
-        t0, cpu0 = time.perf_counter(), cpu_seconds()
-        lat = timed_loop(in_process_call(session, manifest, folder, batch), seconds)
-        wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-        rows.append(row("in-process", batch, 1, batch * len(lat), wall, lat, cpu))
+        run = timed_calls(in_process_call(session, manifest, folder, batch), batch, seconds)
+        rows.append(row("in-process", batch, 1, run.items, run.wall, run.latencies, run.cpu))
     del session
-    half = max(1, (os.cpu_count() or 2) // 2)
+    half = max(1, len(os.sched_getaffinity(0)) // 2)
     session = open_session(
         folder, manifest, SessionConfig(provider=provider, intra_op_threads=half)
     )
-    call = in_process_call(session, manifest, folder, 32)
-    with ThreadPoolExecutor(2) as pool:
-        t0, cpu0 = time.perf_counter(), cpu_seconds()
-        per = list(pool.map(lambda _: timed_loop(call, seconds), range(2)))
-        wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-    lat = [x for p in per for x in p]
-    rows.append(row("in-process, 2 streams", 32, 2, 32 * len(lat), wall, lat, cpu))
+    run = timed_calls(in_process_call(session, manifest, folder, 32), 32, seconds, callers=2)
+    rows.append(row("in-process, 2 streams", 32, 2, run.items, run.wall, run.latencies, run.cpu))
     return rows
 
 
@@ -137,15 +122,10 @@ def raw_cuda(repo: Path, name: str, seconds: float) -> list[dict]:
     session = open_session(folder, Manifest.read(folder), config, batch_buckets(64))
     rows = []
     for batch, callers in ((1, 1), (64, 1), (64, 2)):
-        feeds = ready_inputs(session, batch)
-        t0, cpu0 = time.perf_counter(), cpu_seconds()
-        rate, lat = host_io(session, feeds, seconds, callers)
-        wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-        rows.append(row(RAW_HOST, batch, callers, rate * wall, wall, lat, cpu))
-    t0, cpu0 = time.perf_counter(), cpu_seconds()
-    rate, lat = on_device(session, ready_inputs(session, 64), seconds)
-    wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
-    rows.append(row(RAW_DEVICE, 64, 1, rate * wall, wall, lat, cpu))
+        run = host_io(session, ready_inputs(session, batch), seconds, callers)
+        rows.append(row(RAW_HOST, batch, callers, run.items, run.wall, run.latencies, run.cpu))
+    run = on_device(session, ready_inputs(session, 64), seconds)
+    rows.append(row(RAW_DEVICE, 64, 1, run.items, run.wall, run.latencies, run.cpu))
     return rows
 
 
@@ -165,7 +145,6 @@ def items_for(manifest: Manifest, n: int) -> list[pb.Item]:
 
 async def _client_loop(client: AsyncEmbedderClient, request, seconds: float) -> list[float]:
     latencies, end = [], time.perf_counter() + seconds
-    await client.embed(request)  # warm
     while time.perf_counter() < end or len(latencies) < 2:
         t = time.perf_counter()
         await client.embed(request)
@@ -175,9 +154,11 @@ async def _client_loop(client: AsyncEmbedderClient, request, seconds: float) -> 
 
 async def _clients(target: str, request, clients: int, seconds: float, server_pid: int
                    ) -> tuple[float, list, float]:  # fmt: skip
-    """`clients` concurrent callers on one asyncio client (one thread: cheap to drive).
-    Returns the wall time, the latencies and the CPU both processes used meanwhile."""
+    """`clients` concurrent callers on one asyncio client (one thread: cheap to drive), each
+    warmed by one call before the clock starts. Returns the wall time, the latencies and the
+    CPU both processes used meanwhile."""
     async with AsyncEmbedderClient(target) as client:
+        await asyncio.gather(*(client.embed(request) for _ in range(clients)))  # warm
         threads0, client0 = thread_cpu(server_pid), cpu_seconds()
         t0, cpu0 = time.perf_counter(), cpu_seconds() + cpu_seconds(server_pid)
         loops = (_client_loop(client, request, seconds) for _ in range(clients))
@@ -204,8 +185,8 @@ def service(target: str, server_pid: int, repo: Path, name: str, seconds: float,
     return rows
 
 
-def start_server(args: argparse.Namespace) -> subprocess.Popen:
-    return launch_server([
+def start_server(args: argparse.Namespace) -> ServeProcess:
+    return ServeProcess([
         "--repo", str(args.repo), "--address", f"127.0.0.1:{args.port}",
         "--provider", args.provider, "--max-batch-size", str(args.max_batch_size),
         "--max-queue-delay-ms", str(args.max_queue_delay_ms),
@@ -213,6 +194,22 @@ def start_server(args: argparse.Namespace) -> subprocess.Popen:
         "--intra-op-threads", str(args.intra_op_threads), "--log-level", "WARNING",
         *shlex.split(args.serve_args),
     ])  # fmt: skip
+
+
+def measure_ceiling(args: argparse.Namespace, name: str, gpu: bool) -> list[dict]:
+    if gpu:
+        return raw_cuda(args.repo, name, args.seconds)
+    return in_process(args.repo, name, args.provider, args.seconds)
+
+
+def measure_service(args: argparse.Namespace, name: str, gpu: bool) -> list[dict]:
+    server = start_server(args)
+    try:
+        target = f"127.0.0.1:{args.port}"
+        cells = GPU_CELLS if gpu else CPU_CELLS
+        return service(target, server.pid, args.repo, name, args.seconds, cells)
+    finally:
+        server.stop(30)
 
 
 HEADER = """| model | mode | batch | clients | items/s | p50 ms | p99 ms | vs {ceiling} | CPU core-ms / item | CPU bound | busiest server thread / client process, cores |
@@ -227,7 +224,8 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["mobilenet_v2", "minilm_l6"])
     p.add_argument("--provider", default="cpu", choices=("cpu", "cuda", "tensorrt"))
     p.add_argument("--seconds", type=float, default=4.0, help="per cell")
-    p.add_argument("--rounds", type=int, default=1, help="repeat the table, print medians")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat the table, print medians (the order of the sides turns)")  # fmt: skip
     p.add_argument("--port", type=int, default=50917)
     p.add_argument("--max-batch-size", type=int, default=0,
                    help="server batching limit (0: 32 on a CPU, 64 on a GPU)")  # fmt: skip
@@ -245,20 +243,14 @@ def main() -> None:
     results = {}
     for name in args.models:
         rounds = []
-        for _ in range(args.rounds):  # in-process and service alternate: drift hits both
-            if gpu:
-                rows = raw_cuda(args.repo, name, args.seconds)
+        for r in range(args.rounds):  # the ceiling first, then the service first: drift hits both
+            if r % 2 == 0:
+                ceiling_rows = measure_ceiling(args, name, gpu)
+                service_rows = measure_service(args, name, gpu)
             else:
-                rows = in_process(args.repo, name, args.provider, args.seconds)
-            server = start_server(args)
-            try:
-                target = f"127.0.0.1:{args.port}"
-                cells = GPU_CELLS if gpu else CPU_CELLS
-                rows += service(target, server.pid, args.repo, name, args.seconds, cells)
-            finally:
-                server.terminate()
-                server.wait(30)
-            rounds.append(rows)
+                service_rows = measure_service(args, name, gpu)
+                ceiling_rows = measure_ceiling(args, name, gpu)
+            rounds.append(ceiling_rows + service_rows)
         results[name] = median_rows(rounds, gpu)
         for r in results[name]:
             busy = (f"{r['server busiest thread']:.2f} / {r['client']:.2f}"

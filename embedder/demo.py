@@ -5,8 +5,11 @@
    batch-export it with MobileNetV2 into the embedding cache.
 3. Train a logistic-regression head on the cached embeddings: held-out accuracy, a few-shot
    table against raw pixels, plots; publish the head with its backbone.
-4. Start the gRPC server on the repository: embed the bundled sample photos and sentences
-   (cosine similarities), classify photos with the published head (Classify), stop.
+4. Ask the advisor which backbone, layers and head suit the same data: the three image
+   backbones exported at four cut points each, screened by LogME, decided by nested CV;
+   the winner is published too.
+5. Start the gRPC server on the repository: embed the bundled sample photos and sentences
+   (cosine similarities), classify photos with both published heads (Classify), stop.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from embedder.core.vectors import unit_rows
+
 
 def export_defaults(repo: Path) -> None:
     # export/ is the only package that imports torch; the demo orchestrates, it does not serve.
@@ -31,8 +36,28 @@ def export_defaults(repo: Path) -> None:
     print(table)
 
 
+ADVISED_BACKBONES = ("mobilenet_v2", "efficientnet_lite0", "dinov2_small")
+
+
+def advise_on_faces(repo: Path, cache: Path, data: Path, out: Path) -> None:
+    """Every image backbone at its `--layers auto` cut points, then `embedder-heads advise`
+    on the faces data, publishing the winner as faces_advised."""
+    from export.pipeline import ExportConfig, export_backbone
+    from heads.cli import main as heads_main
+
+    for name in ADVISED_BACKBONES:
+        export_backbone(ExportConfig(name, repo=repo, layers=("auto",), overwrite=True))
+    print("\nWhich backbone, cut points and head for faces vs non-faces (embedder-heads advise):")
+    argv = ["advise", "--images", str(data / "lfw_subset"), "--labels-from-folders",
+            "--backbones", ",".join(f"{n}_layers" for n in ADVISED_BACKBONES), "--repo",
+            str(repo), "--cache", str(cache), "--out", str(out / "advise"), "--publish",
+            "faces_advised", "--no-progress"]  # fmt: skip
+    if heads_main(argv) != 0:
+        raise SystemExit("embedder-demo: the advisor failed (its error is above)")
+
+
 def similarity_table(names: list[str], vectors: np.ndarray) -> str:
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit = unit_rows(vectors)
     sim = unit @ unit.T
     width = max(len(n) for n in names)
     head = " " * width + "  " + "  ".join(n[:7].rjust(7) for n in names)
@@ -151,10 +176,12 @@ async def classify_through_server(client, photos: dict[str, np.ndarray], faces: 
         image_item(p) for p in faces
     ]
     (faces_head,) = await client.classify("mobilenet_v2_faces", items, heads=["faces"])
-    print("\nClassify via gRPC (mobilenet_v2_faces, head 'faces'; it knows only 25x25 face crops")
-    print("vs background crops, so the sample photos are outside what it was trained on):")
-    for name, top in zip(names, faces_head.items, strict=True):
-        print(f"  {name:20} {top.labels[0]:8} p={top.scores[0]:.3f}")
+    (advised,) = await client.classify("faces_advised", items)
+    print("\nClassify via gRPC: mobilenet_v2_faces (head 'faces') and faces_advised (the advisor's")
+    print("winner). Both know only 25x25 face crops vs background crops, so the sample photos")
+    print("are outside what they were trained on:")
+    for name, top, other in zip(names, faces_head.items, advised.items, strict=True):
+        print(f"  {name:20} {top.labels[0]:8} p={top.scores[0]:.3f}   advised: {other.labels[0]}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     export_defaults(args.repo)
     dataset, features, pixels = embed_dataset(args.repo, args.cache, args.data)
     train_and_publish(args.repo, dataset, features, pixels, args.out)
+    advise_on_faces(args.repo, args.cache, args.data, args.out)
     faces = sorted((args.data / "lfw_subset" / "face").glob("*.png"))[:2]
     faces += sorted((args.data / "lfw_subset" / "nonface").glob("*.png"))[:2]
     asyncio.run(serve_and_query(args.repo, faces))

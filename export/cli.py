@@ -11,7 +11,7 @@ from embedder.core.manifest import ImagePreprocess
 
 from .errors import ExportError
 from .generic import hf_encoder_cfg, onnx_file_cfg
-from .pipeline import ExportConfig, ExportResult, export_backbone
+from .pipeline import ExportConfig, ExportResult, cut_layers, export_backbone
 from .registry import get_pretrained_cfg, list_backbones, resolve
 from .variants import VARIANTS
 
@@ -49,6 +49,7 @@ def _config(args: argparse.Namespace, name: str) -> ExportConfig:
         repo=Path(args.repo),
         version=args.version,
         layer=args.layer,
+        layers=tuple(v for v in (args.layers or "").split(",") if v),
         output_name=args.name,
         variants=tuple(v for v in args.variants.split(",") if v),
         overwrite=args.overwrite,
@@ -74,9 +75,12 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_layers(args: argparse.Namespace) -> None:
-    backbone, _ = resolve(args.backbone)
+    backbone, cfg = resolve(args.backbone)
+    auto = cut_layers(ExportConfig(args.backbone, layers=("auto",)), backbone, cfg)
     for layer in backbone.layers():
-        print(layer + ("   (default)" if layer == backbone.default_layer else ""))
+        notes = [n for n, on in (("default", layer == backbone.default_layer),
+                                 ("--layers auto", layer in auto)) if on]  # fmt: skip
+        print(layer + (f"   ({', '.join(notes)})" if notes else ""))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -122,6 +126,10 @@ def _output_flags(p: argparse.ArgumentParser, name_required: bool = False) -> No
     p.add_argument("--repo", default="models", help="model repository folder (default: models)")
     p.add_argument("--version", default="1", help="version folder name (default: 1)")
     p.add_argument("--layer", help="cut at this layer instead of the pooled penultimate features")
+    p.add_argument("--layers",
+                   help="several cut points in one graph, one pooled output each, comma-separated, "
+                   "or 'auto' (block ends spread over the depth); fp32; the model is NAME_layers "
+                   "unless --name says otherwise")  # fmt: skip
     p.add_argument("--name", required=name_required, help="model name in the repository")
     p.add_argument("--variants", default="", help=f"comma-separated: {', '.join(VARIANTS)}")
     p.add_argument("--overwrite", action="store_true", help="replace an existing version")

@@ -38,6 +38,8 @@ class PretrainedCfg:
     default: bool = False  # exported by the main job
     sanity: SanityCheck | None = None
     tags: tuple[str, ...] = field(default_factory=tuple)
+    # The cut points `--layers auto` exports: block ends spread over the depth, deepest last.
+    auto_layers: tuple[str, ...] = ()
 
 
 IMAGENET = ImagePreprocess(size=(224, 224), resize_shorter=256, interpolation="bilinear")

@@ -18,6 +18,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from embedder.core.vectors import cosine_rows, unit_rows
+
 COSINE_MIN, PROBE_DROP_POINTS, KNN_OVERLAP = 0.99, 0.5, 0.9
 PROBE_TOKENS = 128
 
@@ -31,12 +33,6 @@ class ProbeSet:
     labels: np.ndarray
     fp32: np.ndarray | None = None
     fp32_accuracy: float | None = None
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return (a * b).sum(1) / np.maximum(norms, 1e-12)
 
 
 def embed(session, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
@@ -130,7 +126,7 @@ def knn_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
     """Mean share of each row's k nearest rows (cosine) that a and b have in common."""
 
     def neighbours(x: np.ndarray) -> np.ndarray:
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        x = unit_rows(x)
         similarity = x @ x.T
         np.fill_diagonal(similarity, -np.inf)
         return np.argsort(-similarity, axis=1)[:, :k]

@@ -82,21 +82,25 @@ class OnnxCutBackbone:
         rng = np.random.default_rng(0)
         return {"pixels": rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8)}
 
-    def export_onnx(self, path: Path, layer: str) -> None:
-        tensor = self.tensor(layer)
+    def export_onnx(self, path: Path, layers: list[str], outputs: list[str]) -> None:
+        """One pooled output per layer, named as `outputs` (in the order of `layers`)."""
+        tensors = [self.tensor(layer) for layer in layers]
         with tempfile.TemporaryDirectory() as tmp:
             cut = Path(tmp) / "cut.onnx"
-            onnx.utils.extract_model(str(self.source), str(cut), [self.input_name], [tensor])
+            onnx.utils.extract_model(str(self.source), str(cut), [self.input_name], tensors)
             model = onnx.load(str(cut))
         graph = model.graph
-        pre_nodes, pre_inits = self._preprocess_nodes()
-        pool_nodes, pool_inits = self._pool_nodes(tensor, self.pooling(layer))
-        nodes = pre_nodes + list(graph.node) + pool_nodes
-        inits = list(graph.initializer) + pre_inits + pool_inits
+        nodes, inits = self._preprocess_nodes()
+        nodes, inits = nodes + list(graph.node), list(graph.initializer) + inits
+        for layer, tensor, output in zip(layers, tensors, outputs, strict=True):
+            prefix = "pool" if len(layers) == 1 else f"pool/{layer}"
+            pool_nodes, pool_inits = self._pool_nodes(tensor, self.pooling(layer), prefix, output)
+            nodes, inits = nodes + pool_nodes, inits + pool_inits
         h, w = self.preprocess.size
         pixels = helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["batch", h, w, 3])
-        features = helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", None])
-        new_graph = helper.make_graph(nodes, "backbone", [pixels], [features], inits)
+        features = [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["batch", None])
+                    for o in outputs]  # fmt: skip
+        new_graph = helper.make_graph(nodes, "backbone", [pixels], features, inits)
         out = helper.make_model(new_graph, opset_imports=list(model.opset_import))
         out.ir_version = model.ir_version
         onnx.save(out, str(path))
@@ -120,30 +124,30 @@ class OnnxCutBackbone:
             return [helper.make_node("ReduceMean", [src, name], [dst], keepdims=0)], [init]
         return [helper.make_node("ReduceMean", [src], [dst], axes=axes, keepdims=0)], []
 
-    def _pool_nodes(self, tensor: str, pooling: str) -> tuple[list, list]:
+    def _pool_nodes(self, tensor: str, pooling: str, prefix: str = "pool",
+                    output: str = "features") -> tuple[list, list]:  # fmt: skip
+        """Nodes pooling `tensor` into `output`; their own names start with `prefix`."""
         if pooling == "none":  # already (N, C): a pooled layer of a classifier
-            return [helper.make_node("Identity", [tensor], ["features"])], []
+            return [helper.make_node("Identity", [tensor], [output])], []
         if pooling == "global-average":
-            return self._reduce_mean(tensor, "features", [2, 3])
+            return self._reduce_mean(tensor, output, [2, 3])
         consts = {
-            "pool/zero": np.array(0, np.int64),
-            "pool/start": np.array([1], np.int64),
-            "pool/end": np.array([np.iinfo(np.int64).max], np.int64),
-            "pool/axis": np.array([1], np.int64),
+            f"{prefix}/zero": np.array(0, np.int64),
+            f"{prefix}/start": np.array([1], np.int64),
+            f"{prefix}/end": np.array([np.iinfo(np.int64).max], np.int64),
+            f"{prefix}/axis": np.array([1], np.int64),
         }
         inits = [numpy_helper.from_array(v, k) for k, v in consts.items()]
-        cls = helper.make_node("Gather", [tensor, "pool/zero"], ["pool/cls"], axis=1)
-        patches = helper.make_node(
-            "Slice", [tensor, "pool/start", "pool/end", "pool/axis"], ["pool/patches"]
-        )
-        mean_nodes, mean_inits = self._reduce_mean("pool/patches", "pool/mean", [1])
+        cls = helper.make_node("Gather", [tensor, f"{prefix}/zero"], [f"{prefix}/cls"], axis=1)
+        patches = helper.make_node("Slice", [tensor, *list(consts)[1:]], [f"{prefix}/patches"])
+        mean_nodes, mean_inits = self._reduce_mean(f"{prefix}/patches", f"{prefix}/mean", [1])
         if pooling == "cls":
-            cls.output[0] = "features"
-            return [cls], inits[:1]  # only pool/zero
+            cls.output[0] = output
+            return [cls], inits[:1]  # only the zero index
         if pooling == "mean":
-            mean_nodes[0].output[0] = "features"
+            mean_nodes[0].output[0] = output
             return [patches, *mean_nodes], inits + mean_inits
-        concat = helper.make_node("Concat", ["pool/cls", "pool/mean"], ["features"], axis=1)
+        concat = helper.make_node("Concat", [f"{prefix}/cls", f"{prefix}/mean"], [output], axis=1)
         return [cls, patches, *mean_nodes, concat], inits + mean_inits
 
     def _run_source(self, normalized: np.ndarray, tensor: str) -> np.ndarray:

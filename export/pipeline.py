@@ -17,6 +17,7 @@ import onnx
 
 from embedder.core.errors import ManifestError
 from embedder.core.manifest import (
+    LayerOutput,
     Manifest,
     TensorSpec,
     TextPreprocess,
@@ -26,7 +27,13 @@ from embedder.core.manifest import (
 from embedder.core.runtime import cpu_session
 
 from .config import PretrainedCfg
-from .errors import ParityError, SanityCheckError, UnknownLayerError, VersionExistsError
+from .errors import (
+    ExportError,
+    ParityError,
+    SanityCheckError,
+    UnknownLayerError,
+    VersionExistsError,
+)
 from .fidelity import calibration_feeds, embed_fp32, probe_sets
 from .graph_forms import regroup_gelu_file
 from .registry import resolve
@@ -41,6 +48,9 @@ class ExportConfig:
     repo: Path = Path("models")
     version: str = "1"
     layer: str | None = None  # None: the pooled penultimate features
+    # Several cut points in one graph, one pooled output each ("auto": chosen per backbone);
+    # the deepest is `features`. Exclusive with `layer`, fp32 only.
+    layers: tuple[str, ...] = ()
     output_name: str | None = None  # folder name in the repository; defaults to `name`
     variants: tuple[str, ...] = ()
     overwrite: bool = False
@@ -64,21 +74,55 @@ def sample_inputs(backbone) -> dict[str, np.ndarray]:
     return TextTokenizer(tokenizer_path, backbone.preprocess)(list(SAMPLE_SENTENCES))
 
 
-def check_parity(
-    session, backbone, inputs, layer: str, tolerance: float
-) -> tuple[np.ndarray, float]:
+def check_parity(session, backbone, inputs, layer: str, tolerance: float,
+                 output: str = "features") -> tuple[np.ndarray, float]:  # fmt: skip
     """ONNX Runtime vs the source model on real inputs, and batch-of-one vs full batch."""
-    ours = session.run(["features"], inputs)[0]
+    ours = session.run([output], inputs)[0]
     diff = float(np.abs(ours - backbone.reference(inputs, layer)).max())
-    single = session.run(["features"], {k: v[:1] for k, v in inputs.items()})[0]
+    single = session.run([output], {k: v[:1] for k, v in inputs.items()})[0]
     batch_diff = float(np.abs(single - ours[:1]).max())
     if not diff <= tolerance or not batch_diff <= tolerance:
         raise ParityError(
-            f"ONNX output differs from the source model by {diff:.2e} (batch-of-one vs batch: "
-            f"{batch_diff:.2e}), over the tolerance {tolerance:.0e}; the export is wrong - "
-            "nothing was written"
+            f"ONNX output {output!r} (layer {layer}) differs from the source model by "
+            f"{diff:.2e} (batch-of-one vs batch: {batch_diff:.2e}), over the tolerance "
+            f"{tolerance:.0e}; the export is wrong - nothing was written"
         )
     return ours, diff
+
+
+def layer_output_name(layer: str) -> str:
+    return f"layer/{layer}"
+
+
+def cut_layers(config: ExportConfig, backbone, pcfg: PretrainedCfg) -> list[str]:
+    """The layers to cut at, shallowest first: `config.layers` ("auto": the backbone's
+    chosen block ends, or four spread over its depth ending at its default cut), else the one
+    `config.layer` or the backbone's default."""
+    valid = backbone.layers()
+    if config.layers and config.layer:
+        raise ExportError("give --layer (one cut) or --layers (several), not both")
+    if config.layers and config.variants:
+        raise ExportError(
+            "--layers exports fp32 only (variants and their gates are made for one output); "
+            "export the layer you choose with --variants after"
+        )
+    if config.layers == ("auto",):
+        chosen = list(pcfg.auto_layers) if pcfg and pcfg.auto_layers else spread_layers(backbone)
+    else:
+        chosen = list(config.layers) or [config.layer or backbone.default_layer]
+    for layer in chosen:
+        if layer is None or layer not in valid:
+            raise UnknownLayerError(layer, valid)
+    return sorted(set(chosen), key=valid.index)
+
+
+def spread_layers(backbone, count: int = 4) -> list[str]:
+    """`count` layers evenly spread over the depth up to the default cut, which is the last."""
+    valid = backbone.layers()
+    default = backbone.default_layer
+    last = valid.index(default) if default in valid else len(valid) - 1
+    picks = np.linspace(last, last / count, count).round().astype(int)
+    return [valid[i] for i in sorted(set(picks.tolist()))]
 
 
 def check_sanity(backbone, pcfg: PretrainedCfg) -> dict[str, int]:
@@ -115,6 +159,8 @@ def export_backbone(
     """Export `config.name` (or the given backbone and its cfg) into `repo/<name>/<version>/`."""
     started = time.perf_counter()
     default_name = pretrained_cfg.name if pretrained_cfg else config.name.replace(":", "_")
+    if config.layers:  # not the single-cut model of the same backbone
+        default_name += "_layers"
     name = config.output_name or default_name
     target = Path(config.repo) / name / config.version
     if target.exists() and not config.overwrite:
@@ -122,26 +168,32 @@ def export_backbone(
     if backbone is None:  # built only after the cheap checks: loading weights takes seconds
         backbone, pretrained_cfg = resolve(config.name)
     pcfg = pretrained_cfg
-    layer = config.layer or backbone.default_layer
-    if layer is None or layer not in backbone.layers():
-        raise UnknownLayerError(layer, backbone.layers())
+    layers = cut_layers(config, backbone, pcfg)
     try:
         with staged_version(target, config.overwrite) as staging:
-            manifest = _export_into(staging, config, pcfg, backbone, layer, name, started)
+            manifest = _export_into(staging, config, pcfg, backbone, layers, name, started)
     except ManifestError as exc:  # another export took the version meanwhile
         raise VersionExistsError(str(exc)) from exc
     size = sum(p.stat().st_size for p in target.iterdir())
     return ExportResult(manifest=manifest, folder=target, size_bytes=size)
 
 
-def _export_into(staging, config, pcfg, backbone, layer, name, started) -> Manifest:
+def _export_into(staging, config, pcfg, backbone, layers, name, started) -> Manifest:
     model_path = staging / "model.onnx"
-    backbone.export_onnx(model_path, layer)
+    outputs = [layer_output_name(layer) for layer in layers[:-1]] + ["features"]
+    backbone.export_onnx(model_path, layers, outputs)
     regroup_gelu_file(model_path)  # into the form onnxruntime fuses
     onnx.checker.check_model(str(model_path))
     session = cpu_session(model_path)
     inputs = sample_inputs(backbone)
-    features, diff = check_parity(session, backbone, inputs, layer, config.parity_tolerance)
+    layer_outputs = []
+    for layer, output in zip(layers, outputs, strict=True):
+        features, diff = check_parity(session, backbone, inputs, layer, config.parity_tolerance,
+                                      output)  # fmt: skip
+        layer_outputs.append(LayerOutput(layer, output, int(features.shape[1]),
+                                         backbone.pooling(layer), diff))  # fmt: skip
+    layer = layers[-1]
+    diff = max(o.parity_max_abs_diff for o in layer_outputs)
     is_default_cut = layer == backbone.default_layer
     sanity = check_sanity(backbone, pcfg) if config.check_sanity and is_default_cut else {}
     probes = probe_sets(backbone) if config.variants else []
@@ -176,6 +228,7 @@ def _export_into(staging, config, pcfg, backbone, layer, name, started) -> Manif
         exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
         variants=variants,
         sanity_top1=sanity,
+        layer_outputs=tuple(layer_outputs) if len(layers) > 1 else (),
     )
     manifest.write(staging)
     return manifest

@@ -35,9 +35,10 @@ import numpy as np
 import onnx
 
 from embedder.core.runtime import cpu_session
+from embedder.core.vectors import cosine_rows
 
 from .errors import ExportError
-from .fidelity import cosine_rows, embed, gate, items_in
+from .fidelity import embed, gate, items_in
 from .rounding import calibrated_weights, with_weights
 
 CALIBRATION_COSINE = 0.993  # on calibration inputs: a margin over the gate's 0.99 on its probes

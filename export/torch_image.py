@@ -23,8 +23,10 @@ from .errors import UnknownLayerError
 OPSET = 18
 
 
-def torch_to_onnx(module: nn.Module, args: tuple, path: Path, names: list[str], dynamic) -> None:
-    """The torch.export-based exporter, one self-contained file, output named `features`.
+def torch_to_onnx(module: nn.Module, args: tuple, path: Path, names: list[str], dynamic,
+                  outputs: list[str] | None = None) -> None:  # fmt: skip
+    """The torch.export-based exporter, one self-contained file, output named `features`
+    (or `outputs`, in the order the module returns them).
     Its notes about torch's internals (torchvision missing, axis names merged, deprecated tree
     specs) are not the user's business and are kept off the console; errors still raise."""
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
@@ -39,7 +41,7 @@ def torch_to_onnx(module: nn.Module, args: tuple, path: Path, names: list[str], 
                 args,
                 str(path),
                 input_names=names,
-                output_names=["features"],  # not "embedding": collides with an internal name
+                output_names=outputs or ["features"],  # not "embedding": an internal name
                 dynamic_shapes=dynamic,
                 opset_version=OPSET,
                 dynamo=True,
@@ -63,6 +65,27 @@ class PixelsToFeatures(nn.Module):
         x = pixels.permute(0, 3, 1, 2).float()
         x = self.stages((x - self.mean) / self.std)
         return x.mean((2, 3)) if x.dim() == 4 else x.flatten(1)
+
+
+class PixelsToLayers(nn.Module):
+    """PixelsToFeatures with a pooled output after each stage in `taps` (indices, ascending),
+    from one pass: (N, D_1), ..., (N, D_k)."""
+
+    def __init__(self, stages: list[nn.Module], taps: list[int], mean, std):
+        super().__init__()
+        self.stages = nn.ModuleList(stages[: taps[-1] + 1])
+        self.taps = taps
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0)
+
+    def forward(self, pixels: Tensor) -> tuple[Tensor, ...]:
+        x = (pixels.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        pooled = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.taps:
+                pooled.append(x.mean((2, 3)) if x.dim() == 4 else x.flatten(1))
+        return tuple(pooled)
 
 
 class TorchImageBackbone:
@@ -104,10 +127,21 @@ class TorchImageBackbone:
         rng = np.random.default_rng(0)
         return {"pixels": rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8)}
 
-    def export_onnx(self, path: Path, layer: str) -> None:
+    def layers_graph(self, layers: list[str]) -> PixelsToLayers:
+        names = self.layers()
+        for layer in layers:
+            if layer not in names:
+                raise UnknownLayerError(layer, names)
+        taps = sorted(names.index(layer) for layer in layers)
+        stages = [module for _, module in self.stages]
+        return PixelsToLayers(stages, taps, self.preprocess.mean, self.preprocess.std).eval()
+
+    def export_onnx(self, path: Path, layers: list[str], outputs: list[str]) -> None:
+        """One pooled output per layer (named as `outputs`, in depth order) from one pass."""
         dummy = torch.from_numpy(self.dummy_inputs()["pixels"])
         batch = torch.export.Dim("batch", min=1)
-        torch_to_onnx(self.graph(layer), (dummy,), path, ["pixels"], ({0: batch},))
+        graph = self.graph(layers[0]) if len(layers) == 1 else self.layers_graph(layers)
+        torch_to_onnx(graph, (dummy,), path, ["pixels"], ({0: batch},), outputs)
 
     @torch.no_grad()
     def reference(self, inputs: dict[str, np.ndarray], layer: str) -> np.ndarray:

@@ -20,18 +20,27 @@ from .weights import require
 
 
 class MeanPooledEncoder(nn.Module):
-    def __init__(self, model: nn.Module, hidden_index: int, normalize: bool):
-        super().__init__()
-        self.model, self.hidden_index, self.normalize = model, hidden_index, normalize
+    """Mean-pooled hidden states of one layer, or of several (a tuple, in the order of
+    `hidden_indices`) from one pass."""
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def __init__(self, model: nn.Module, hidden_indices: int | list[int], normalize: bool):
+        super().__init__()
+        self.model, self.normalize = model, normalize
+        self.single = isinstance(hidden_indices, int)
+        self.hidden_indices = [hidden_indices] if self.single else list(hidden_indices)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor | tuple[Tensor, ...]:
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             token_type_ids=torch.zeros_like(input_ids),
             output_hidden_states=True,
         )
-        hidden = out.hidden_states[self.hidden_index]
+        pooled = tuple(self._pool(out.hidden_states[i], attention_mask)
+                       for i in self.hidden_indices)  # fmt: skip
+        return pooled[0] if self.single else pooled
+
+    def _pool(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return nn.functional.normalize(pooled, p=2.0, dim=1) if self.normalize else pooled
@@ -78,11 +87,20 @@ class TorchTextBackbone:
         mask[1:, 5:] = 0
         return {"input_ids": ids, "attention_mask": mask}
 
-    def export_onnx(self, path: Path, layer: str) -> None:
+    def export_onnx(self, path: Path, layers: list[str], outputs: list[str]) -> None:
+        """One mean-pooled output per layer (named as `outputs`, in depth order), one pass."""
+        for layer in layers:
+            if layer not in self._layers:
+                raise UnknownLayerError(layer, self._layers)
+        if len(layers) == 1:
+            graph = self.graph(layers[0])
+        else:
+            indices = sorted(self._layers.index(layer) for layer in layers)
+            graph = MeanPooledEncoder(self.model, indices, self.normalized).eval()
         batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("sequence", min=1)
         dummy = tuple(torch.from_numpy(v) for v in self.dummy_inputs().values())
         names = ["input_ids", "attention_mask"]
-        torch_to_onnx(self.graph(layer), dummy, path, names, ({0: batch, 1: seq},) * 2)
+        torch_to_onnx(graph, dummy, path, names, ({0: batch, 1: seq},) * 2, outputs)
 
     @torch.no_grad()
     def reference(self, inputs: dict[str, np.ndarray], layer: str) -> np.ndarray:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold
 
+from .crossval import cross_predict, fold_accuracies, outer_folds
 from .errors import LabelError
-from .train import DEFAULT_CONFIG, HeadConfig, check_labels, train_head
+from .train import DEFAULT_CONFIG, HeadConfig, check_labels
 
 
 @dataclass
@@ -44,14 +44,11 @@ def compare(
 ) -> list[Ranked]:
     """Same outer folds for every set; C tuned inside each training fold."""
     y = check_labels(y, folds)
-    splits = list(StratifiedKFold(folds, shuffle=True, random_state=config.seed).split(y, y))
+    splits = outer_folds(y, folds, config.seed)
     ranked = []
     for name, X in feature_sets.items():
-        scores, Cs = [], []
-        for train, test in splits:
-            head = train_head(X[train], y[train], config)
-            scores.append(float((head.predict(X[test]) == y[test]).mean()))
-            Cs.append(head.C)
+        predicted, Cs = cross_predict(X, y, splits, config)
+        scores = fold_accuracies(y, predicted, splits)
         ranked.append(Ranked(name, X.shape[1], float(np.mean(scores)), float(np.std(scores)), Cs))
     return sorted(ranked, key=lambda r: -r.mean)
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import train_test_split
 
+from .crossval import cross_predict, outer_folds
 from .train import DEFAULT_CONFIG, HeadConfig, check_features, check_labels, train_head
 
 
@@ -58,13 +59,7 @@ def evaluate(
     y = check_labels(y, folds or 2)
     classes = np.unique(y)
     if folds:
-        pred = np.empty_like(y)
-        Cs = []
-        splitter = StratifiedKFold(folds, shuffle=True, random_state=config.seed)
-        for train, test in splitter.split(X, y):
-            head = train_head(X[train], y[train], config)
-            pred[test] = head.predict(X[test])
-            Cs.append(head.C)
+        pred, Cs = cross_predict(X, y, outer_folds(y, folds, config.seed), config)
         return _report(y, pred, classes, config, f"{folds}-fold", Cs)
     Xtr, Xte, ytr, yte = train_test_split(
         X, y, test_size=test_size, stratify=y, random_state=config.seed

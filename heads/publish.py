@@ -19,6 +19,8 @@ import onnx
 from embedder.cache import CacheIdentity
 from embedder.core.manifest import HeadSpec, Manifest, sha256_file, staged_version
 
+from .candidates import Part, features_digest
+from .compose import feature_graph
 from .errors import FeatureError, HeadError
 from .persist import head_to_onnx, load_head
 
@@ -40,19 +42,40 @@ def _head_graph(pipeline, info, name: str, dim: int, opset: int, ir_version: int
     return model, f"{name}/{outputs[1]}"
 
 
+def _check_names(target: Path, names: list[str], overwrite: bool) -> None:
+    for label in names:
+        if not _NAME.match(label) or label in (".", ".."):
+            raise HeadError(f"name {label!r}: use letters, digits, '_', '-' or '.'")
+    if target.exists() and not overwrite:
+        raise HeadError(f"{target} exists; pass --overwrite to replace it")
+
+
 def publish(backbone_folder: Path, heads: dict[str, Path], repo: Path, name: str,
             version: str = "1", overwrite: bool = False) -> Path:  # fmt: skip
     """Compose the backbone in `backbone_folder` with `heads` (head name -> saved head folder)."""
-    for label in [name, version, *heads]:
-        if not _NAME.match(label) or label in (".", ".."):
-            raise HeadError(f"name {label!r}: use letters, digits, '_', '-' or '.'")
+    target = Path(repo) / name / version
+    _check_names(target, [name, version, *heads], overwrite)
     manifest = Manifest.read(backbone_folder)
     manifest.verify(backbone_folder)
-    target = Path(repo) / name / version
-    if target.exists() and not overwrite:
-        raise HeadError(f"{target} exists; pass --overwrite to replace it")
-    digest = backbone_digest(manifest)
     model = onnx.load(str(backbone_folder / manifest.file))
+    return _with_heads(model, manifest, backbone_digest(manifest), backbone_folder, heads,
+                       target, overwrite)  # fmt: skip
+
+
+def publish_features(repo: Path, parts: tuple[Part, ...], heads: dict[str, Path], name: str,
+                     version: str = "1", overwrite: bool = False) -> Path:  # fmt: skip
+    """Compose the graph of a feature set (one or two backbones' cut points, concatenated)
+    with `heads` trained on it: what `embedder-heads advise --publish` serves."""
+    target = Path(repo) / name / version
+    _check_names(target, [name, version, *heads], overwrite)
+    model, manifest = feature_graph(Path(repo), parts)
+    first = Path(repo) / parts[0].model / parts[0].version
+    return _with_heads(model, manifest, features_digest(parts), first, heads, target, overwrite)
+
+
+def _with_heads(model, manifest: Manifest, digest: str, source: Path, heads: dict[str, Path],
+                target: Path, overwrite: bool) -> Path:  # fmt: skip
+    """`model` (its `features` output: the embeddings with `digest`) with each head's graph."""
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     specs, outputs = {}, ["features"]
     for head_name, folder in heads.items():
@@ -70,19 +93,20 @@ def publish(backbone_folder: Path, heads: dict[str, Path], repo: Path, name: str
         outputs = keep
         score_kind = "probability" if info.kind == "logreg" else "decision"
         specs[head_name] = HeadSpec(tuple(info.classes), info.kind, scores, score_kind, digest)
-    return _write(model, manifest, backbone_folder, target, name, version, specs, overwrite)
+    return _write(model, manifest, source, target, specs, overwrite)
 
 
-def _write(model, manifest, backbone_folder, target, name, version, specs, overwrite) -> Path:
+def _write(model, manifest, source: Path, target: Path, specs, overwrite: bool) -> Path:
     onnx.checker.check_model(model)
-    with staged_version(target) as staging:
+    with staged_version(target, overwrite) as staging:
         onnx.save(model, str(staging / "model.onnx"))
         extra = getattr(manifest.preprocess, "tokenizer_file", None)
         if extra:
-            shutil.copyfile(backbone_folder / extra, staging / extra)
+            shutil.copyfile(source / extra, staging / extra)
         published = dataclasses.replace(
-            manifest, name=name, version=version, file="model.onnx",
+            manifest, name=target.parent.name, version=target.name, file="model.onnx",
             sha256=sha256_file(staging / "model.onnx"), variants={}, heads=specs,
+            layer_outputs=(),
         )  # fmt: skip
         published.write(staging)
     return target

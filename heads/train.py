@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
+import scipy.sparse
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
@@ -59,8 +60,6 @@ class TrainedHead:
 
 def check_features(X):
     """(N, D) finite float32; a scipy sparse matrix (TF-IDF) is checked on its stored values."""
-    import scipy.sparse
-
     if scipy.sparse.issparse(X):
         if not np.isfinite(X.data).all():
             raise FeatureError("sparse features contain NaN or inf")
@@ -116,6 +115,23 @@ def build_pipeline(config: HeadConfig, C: float) -> Pipeline:
     return Pipeline([("scale", scale), ("head", model)])
 
 
+def row_space(X: np.ndarray) -> np.ndarray | None:
+    """An orthonormal basis (d, r) of the span of X's rows when X has more columns than rows,
+    else None. A linear head with an L2 penalty has its weights in that span (the representer
+    theorem), so fitted on X @ basis it predicts as fitted on X: the same model, fitted on r
+    columns instead of d (1,000 items of 3,072 features: 800 columns in each training part)."""
+    if scipy.sparse.issparse(X) or X.shape[1] <= X.shape[0]:
+        return None
+    X = np.asarray(X, np.float64)
+    eigenvalues, U = np.linalg.eigh(X @ X.T)  # 5x faster than an SVD of X for these shapes
+    keep = eigenvalues > eigenvalues.max() * 1e-10
+    return X.T @ (U[:, keep] / np.sqrt(eigenvalues[keep]))
+
+
+def _linear(config: HeadConfig) -> bool:
+    return config.kind in ("logreg", "linear_svc")
+
+
 def _cv_scores(X, y, config: HeadConfig, grid: list[float]) -> dict[float, float]:
     """Mean stratified-CV accuracy per C; along the ascending C path a fit warm-starts."""
     folds = StratifiedKFold(config.folds, shuffle=True, random_state=config.seed)
@@ -128,6 +144,9 @@ def _cv_scores(X, y, config: HeadConfig, grid: list[float]) -> dict[float, float
         Xtr = scaler.fit_transform(X[train]) if scaler else X[train]
         Xte = scaler.transform(X[test]) if scaler else X[test]
         model = pipe.named_steps["head"]
+        if _linear(config) and (basis := row_space(Xtr)) is not None:
+            Xtr, Xte = Xtr @ basis, Xte @ basis
+            _in_row_space(model)
         if config.kind == "logreg":
             model.set_params(warm_start=True)
         for C in sorted(grid):
@@ -135,6 +154,29 @@ def _cv_scores(X, y, config: HeadConfig, grid: list[float]) -> dict[float, float
             model.fit(Xtr, y[train])
             scores[C].append(float((model.predict(Xte) == y[test]).mean()))
     return {C: float(np.mean(s)) for C, s in scores.items()}
+
+
+def _in_row_space(model) -> None:
+    """A linear SVM on as many columns as rows: its dual solver (sklearn's "auto" would take
+    the primal one there, 20x slower at C = 0.1 on 533 x 533)."""
+    if isinstance(model, LinearSVC):
+        model.set_params(dual=True)
+
+
+def _fit(config: HeadConfig, C: float, X, y) -> Pipeline:
+    """The pipeline fitted on all of X; a linear head on more columns than rows is fitted in
+    their row space and its weights written back in X's columns (the same model)."""
+    pipeline = build_pipeline(config, C)
+    scale, model = pipeline.named_steps["scale"], pipeline.named_steps["head"]
+    scaled = X if scale == "passthrough" else scale.fit_transform(X)
+    basis = row_space(scaled) if _linear(config) else None
+    if basis is None:
+        return pipeline.fit(X, y)
+    _in_row_space(model)
+    model.fit(scaled @ basis, y)
+    model.coef_ = model.coef_ @ basis.T
+    model.n_features_in_ = X.shape[1]
+    return pipeline
 
 
 def _fine_grid(coarse: list[float], best: float, steps: int) -> list[float]:
@@ -160,7 +202,7 @@ def train_head(
     if smallest < 2:
         started = time.perf_counter()
         with threadpool_limits(limits=1):
-            pipeline = build_pipeline(config, 1.0).fit(X, y)
+            pipeline = _fit(config, 1.0, X, y)
         return TrainedHead(
             pipeline, pipeline.classes_, 1.0, {}, config, time.perf_counter() - started, 1
         )
@@ -175,7 +217,7 @@ def train_head(
         if fine:
             scores |= _cv_scores(X, y, config, fine)
         best = max(scores, key=lambda c: (scores[c], -c))
-        pipeline = build_pipeline(config, best).fit(X, y)
+        pipeline = _fit(config, best, X, y)
     fits = len(scores) * config.folds + 1
     return TrainedHead(
         pipeline,

@@ -17,6 +17,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from embedder.core.errors import InputError
+from embedder.core.vectors import unit_rows
 
 
 class Embeddings(TransformerMixin, BaseEstimator):
@@ -51,7 +52,7 @@ class Embeddings(TransformerMixin, BaseEstimator):
             return np.zeros((0, self.dim_), np.float32)
         out = self._via_server(items) if self.server else self._local(items)
         if self.normalize:
-            out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+            out = unit_rows(out)
         return out.astype(np.float32, copy=False)
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-from tiny_models import export_tiny_vit, tiny_cnn
-from torch import nn
+
+if TYPE_CHECKING:  # torch comes with the export extra: the serving tests run without it
+    from torch import nn
 
 
 @pytest.fixture(scope="session")
@@ -23,11 +25,15 @@ def default_repo(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def cnn() -> nn.Sequential:
+    from tiny_models import tiny_cnn
+
     return tiny_cnn()
 
 
 @pytest.fixture
 def vit_onnx(tmp_path) -> Path:
+    from tiny_models import export_tiny_vit
+
     path = tmp_path / "tiny_vit.onnx"
     export_tiny_vit(path)
     return path
@@ -60,6 +66,20 @@ def tiny_repo(tiny_bert_dir, tmp_path_factory) -> Path:
     from tiny_models import export_tiny_repo
 
     return export_tiny_repo(tmp_path_factory.mktemp("tiny_repo"), tiny_bert_dir, ("int8",))
+
+
+@pytest.fixture(scope="session")
+def layers_repo(tiny_repo, tmp_path_factory) -> Path:
+    """tiny_repo's models, and two tiny image models exported at three layers each
+    (tiny_image_layers: tiny_image's weights; tiny_wide_layers: 40 px, other weights)."""
+    import shutil
+
+    from tiny_models import export_layered_models
+
+    repo = tmp_path_factory.mktemp("layers") / "models"
+    shutil.copytree(tiny_repo, repo)
+    export_layered_models(repo)
+    return repo
 
 
 @pytest.fixture(scope="module")

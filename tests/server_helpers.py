@@ -82,29 +82,3 @@ def self_signed_cert(folder, name: str = "server"):
         check=True, capture_output=True,
     )  # fmt: skip
     return key, cert
-
-
-class ServeProcess:
-    """A real `embedder-serve` process (for clients that cannot share a process with the
-    server's stubs, such as tritonclient: both define the protocol's `inference` package)."""
-
-    def __init__(self, repo, *flags: str):
-        import re
-        import subprocess
-        import sys
-
-        serve = "from embedder.serving.cli import serve_main; raise SystemExit(serve_main())"
-        cmd = [sys.executable, "-c", serve, "--repo", str(repo), "--address", "127.0.0.1:0",
-               "--http-address", "127.0.0.1:0", "--log-level", "WARNING", *flags]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        ports = re.findall(r"port (\d+)", line)
-        if len(ports) != 2:
-            self.proc.kill()
-            raise RuntimeError(f"embedder-serve did not start: {line!r}")
-        self.grpc = f"127.0.0.1:{ports[0]}"
-        self.http = f"127.0.0.1:{ports[1]}"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)

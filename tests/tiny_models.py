@@ -1,16 +1,25 @@
-"""Tiny models for fast tests: built in code, no pretrained weights."""
+"""Tiny models for fast tests: built in code, no pretrained weights.
+
+torch (the export extra) is imported by the functions that build a model, so that tests of
+the serving core, which a serving-only install runs, can import `optimized_op_types`."""
 
 from __future__ import annotations
 
 from collections import Counter
+from functools import cache
+from typing import TYPE_CHECKING
 
 import onnx
-import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
-def tiny_cnn() -> nn.Sequential:
-    torch.manual_seed(0)
+def tiny_cnn(seed: int = 0) -> nn.Sequential:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
     model = nn.Sequential(
         nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU()),
         nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU()),
@@ -23,29 +32,45 @@ def tiny_cnn() -> nn.Sequential:
     return model.eval()
 
 
-class TinyViT(nn.Module):
-    """Patchify + CLS token + two MLP blocks: an ONNX graph with token outputs to cut."""
+@cache
+def _tiny_vit_class() -> type:
+    import torch
+    from torch import nn
 
-    def __init__(self, dim: int = 16, patch: int = 8, num_classes: int = 5):
-        super().__init__()
-        torch.manual_seed(0)
-        self.patchify = nn.Conv2d(3, dim, patch, stride=patch)
-        self.cls = nn.Parameter(torch.randn(1, 1, dim))
-        self.block0 = nn.Sequential(nn.Linear(dim, dim), nn.GELU())
-        self.block1 = nn.Sequential(nn.Linear(dim, dim), nn.GELU())
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
+    class TinyViT(nn.Module):
+        """Patchify + CLS token + two MLP blocks: an ONNX graph with token outputs to cut."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.patchify(x).flatten(2).transpose(1, 2)
-        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], dim=1)
-        tokens = tokens + self.block0(tokens)
-        tokens = tokens + self.block1(tokens)
-        return self.head(self.norm(tokens)[:, 0])
+        def __init__(self, dim: int = 16, patch: int = 8, num_classes: int = 5):
+            super().__init__()
+            torch.manual_seed(0)
+            self.patchify = nn.Conv2d(3, dim, patch, stride=patch)
+            self.cls = nn.Parameter(torch.randn(1, 1, dim))
+            self.block0 = nn.Sequential(nn.Linear(dim, dim), nn.GELU())
+            self.block1 = nn.Sequential(nn.Linear(dim, dim), nn.GELU())
+            self.norm = nn.LayerNorm(dim)
+            self.head = nn.Linear(dim, num_classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            tokens = self.patchify(x).flatten(2).transpose(1, 2)
+            tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], dim=1)
+            tokens = tokens + self.block0(tokens)
+            tokens = tokens + self.block1(tokens)
+            return self.head(self.norm(tokens)[:, 0])
+
+    return TinyViT
+
+
+def __getattr__(name: str):
+    """`TinyViT` is defined on first use, when torch is imported."""
+    if name == "TinyViT":
+        return _tiny_vit_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def export_tiny_vit(path, size: int = 32) -> None:
-    model = TinyViT().eval()
+    import torch
+
+    model = _tiny_vit_class()().eval()
     torch.onnx.export(
         model,
         (torch.randn(2, 3, size, size),),
@@ -60,6 +85,7 @@ def export_tiny_vit(path, size: int = 32) -> None:
 
 def save_tiny_bert(folder) -> None:
     """A 2-layer, 32-wide BERT with random weights and a WordPiece tokenizer.json."""
+    import torch
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel
 
@@ -99,6 +125,23 @@ def export_tiny_repo(repo, bert_dir, image_variants=(), text_variants=(), max_le
     text, text_cfg = hf_encoder_cfg(bert_dir, "tiny_text", max_length=max_length)
     export_backbone(ExportConfig("tiny_text", repo=repo, variants=text_variants), text, text_cfg)
     return repo
+
+
+def export_layered_models(repo) -> None:
+    """Into `repo`: the tiny image model exported at all three of its stages (same weights,
+    `tiny_image_layers`), and a second one with other weights and another resize and crop
+    (40 px after 44, bicubic: `tiny_wide_layers`), for the advisor and its two-backbone graphs."""
+    from embedder.core.manifest import ImagePreprocess
+    from export import ExportConfig, export_backbone
+    from export.generic import module_backbone_cfg
+
+    for name, seed, pre in (
+        ("tiny_image", 0, ImagePreprocess(size=(32, 32), resize_shorter=36)),
+        ("tiny_wide", 1, ImagePreprocess(size=(40, 40), resize_shorter=44,
+                                         interpolation="bicubic")),
+    ):  # fmt: skip
+        backbone, cfg = module_backbone_cfg(tiny_cnn(seed), name, pre)
+        export_backbone(ExportConfig(name, repo=repo, layers=("0", "1", "2")), backbone, cfg)
 
 
 def optimized_op_types(model, folder, unfused: bool = True) -> Counter:

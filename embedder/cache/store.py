@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedder.core.errors import EmbedderError
-from embedder.core.manifest import Manifest
+from embedder.core.manifest import LayerOutput, Manifest
 
 EMBEDDINGS, FAILURES, RUNS = "embeddings", "failures", "runs"
 RUN_SCHEMA = pa.schema([("key", pa.string()), ("label", pa.string()), ("source", pa.string())])
@@ -53,12 +53,27 @@ class CacheIdentity:
     dim: int
     model_sha256: str  # of the ONNX file that computes the embeddings
     preprocess_sha256: str
+    # A model exported at several layers: the cut point of this dataset ("": `features`, what
+    # the model serves; the datasets of other layers are their own).
+    output: str = ""
 
     @classmethod
-    def of(cls, manifest: Manifest, model_sha256: str) -> CacheIdentity:
-        pre = json.dumps(asdict(manifest.preprocess), sort_keys=True).encode()
-        return cls(manifest.name, manifest.version, manifest.dim, model_sha256,
-                   hashlib.sha256(pre).hexdigest())  # fmt: skip
+    def of(cls, manifest: Manifest, model_sha256: str, layer: LayerOutput | None = None
+           ) -> CacheIdentity:  # fmt: skip
+        """The dataset of `layer` (default: `features`) computed by the file `model_sha256`."""
+        preprocessing = asdict(manifest.preprocess)
+        if manifest.extra_inputs:  # a graph of two backbones: both crops
+            preprocessing["extra_inputs"] = {k: asdict(v) for k, v in manifest.extra_inputs.items()}
+        pre = json.dumps(preprocessing, sort_keys=True).encode()
+        served = layer is None or layer.output == "features"
+        return cls(manifest.name, manifest.version, manifest.dim if served else layer.dim,
+                   model_sha256, hashlib.sha256(pre).hexdigest(),
+                   "" if served else layer.layer)  # fmt: skip
+
+    @classmethod
+    def all_of(cls, manifest: Manifest, model_sha256: str) -> list[CacheIdentity]:
+        """One per cut point the graph outputs, shallowest first (one: `features`)."""
+        return [cls.of(manifest, model_sha256, out) for out in manifest.feature_outputs()]
 
     @classmethod
     def of_session(cls, session) -> CacheIdentity:
@@ -69,8 +84,10 @@ class CacheIdentity:
 
     @property
     def digest(self) -> str:
-        both = f"{self.model_sha256}:{self.preprocess_sha256}".encode()
-        return hashlib.sha256(both).hexdigest()[:16]
+        both = f"{self.model_sha256}:{self.preprocess_sha256}"
+        if self.output:
+            both += f":{self.output}"
+        return hashlib.sha256(both.encode()).hexdigest()[:16]
 
 
 def schema(dim: int, identity: CacheIdentity | None = None) -> pa.Schema:
@@ -150,7 +167,7 @@ class EmbeddingCache:
     def _check_or_write_identity(self) -> None:
         path = self.folder / "dataset.json"
         if path.exists():
-            found = json.loads(path.read_text())
+            found = {"output": "", **json.loads(path.read_text())}  # written before layers
             if found != asdict(self.identity):
                 raise CacheError(f"{self.folder} belongs to {found}, not {asdict(self.identity)}")
             return

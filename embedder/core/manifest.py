@@ -118,6 +118,18 @@ class HeadSpec:
 
 
 @dataclass(frozen=True)
+class LayerOutput:
+    """One cut point of a model exported at several layers (`--layers`): its pooled graph
+    output. The deepest one is `features`, what the model serves."""
+
+    layer: str
+    output: str  # graph output name
+    dim: int
+    pooling: str
+    parity_max_abs_diff: float
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     version: str
@@ -139,7 +151,25 @@ class Manifest:
     variants: dict[str, Variant] = field(default_factory=dict)
     sanity_top1: dict[str, int] = field(default_factory=dict)  # photo -> ImageNet class index
     heads: dict[str, HeadSpec] = field(default_factory=dict)  # published classifiers
+    # Several cut points in one graph, shallowest first (empty: `features` alone, at `layer`).
+    layer_outputs: tuple[LayerOutput, ...] = ()
+    # A graph of two image backbones (a published advisor winner): the second one's pixel
+    # input, by name, with its own resize and crop ("pixels" follows `preprocess`).
+    extra_inputs: dict[str, ImagePreprocess] = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
+
+    def feature_outputs(self) -> tuple[LayerOutput, ...]:
+        """Every cut point the graph outputs, shallowest first; `features` is the last."""
+        return self.layer_outputs or (
+            LayerOutput(self.layer, "features", self.dim, self.pooling, self.parity_max_abs_diff),
+        )
+
+    def layer_output(self, layer: str) -> LayerOutput:
+        for out in self.layer_outputs:
+            if out.layer == layer:
+                return out
+        have = ", ".join(o.layer for o in self.layer_outputs) or f"only {self.layer}"
+        raise ManifestError(f"model {self.name!r} has no output for layer {layer!r}; it has {have}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -154,9 +184,7 @@ class Manifest:
         try:
             pre = dict(raw["preprocess"])
             if pre["kind"] == "image":
-                pre["size"] = tuple(pre["size"])
-                pre["mean"], pre["std"] = tuple(pre["mean"]), tuple(pre["std"])
-                preprocess: ImagePreprocess | TextPreprocess = ImagePreprocess(**pre)
+                preprocess: ImagePreprocess | TextPreprocess = _image_preprocess(pre)
             else:
                 preprocess = TextPreprocess(**pre)
             return cls(
@@ -170,6 +198,10 @@ class Manifest:
                     "heads": {
                         k: HeadSpec(**{**v, "classes": tuple(v["classes"])})
                         for k, v in raw.get("heads", {}).items()
+                    },
+                    "layer_outputs": tuple(LayerOutput(**o) for o in raw.get("layer_outputs", ())),
+                    "extra_inputs": {
+                        k: _image_preprocess(v) for k, v in raw.get("extra_inputs", {}).items()
                     },
                 }
             )
@@ -218,6 +250,11 @@ def _check_file(path: Path, expected: str) -> None:
             f"{path.name} sha256 {actual[:12]}... does not match the manifest's "
             f"{expected[:12]}... ({path}): the file is corrupt or was replaced - re-export it"
         )
+
+
+def _image_preprocess(raw: dict[str, Any]) -> ImagePreprocess:
+    pre = {**raw, "size": tuple(raw["size"]), "mean": tuple(raw["mean"]), "std": tuple(raw["std"])}
+    return ImagePreprocess(**pre)
 
 
 def _tensor(raw: dict[str, Any]) -> TensorSpec:

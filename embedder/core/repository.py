@@ -46,11 +46,12 @@ def model_folder(root: str | Path, name: str, version: str = "") -> Path:
 
 
 def open_model(root: str | Path, name: str, version: str = "",
-               config: SessionConfig | None = None,
-               buckets: tuple[int, ...] | None = None) -> ModelSession:  # fmt: skip
-    """One model's session, its files checked against the manifest."""
+               config: SessionConfig | None = None, buckets: tuple[int, ...] | None = None,
+               manifest: Manifest | None = None) -> ModelSession:  # fmt: skip
+    """One model's session, its files checked against its manifest (read from its folder when
+    not given)."""
     folder = model_folder(root, name, version)
-    return open_session(folder, Manifest.read(folder), config, buckets)
+    return open_session(folder, manifest or Manifest.read(folder), config, buckets)
 
 
 class ModelRepository:

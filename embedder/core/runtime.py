@@ -57,6 +57,14 @@ def provider_chain(requested: Provider, available: list[str]) -> list[str]:
     return [*chain, CPU]
 
 
+def gpu_planned(provider: Provider) -> bool:
+    """Whether a session for `provider` is planned on a GPU by this onnxruntime (it may still
+    fall back to the CPU when the GPU does not start; `ModelSession.on_gpu` says what runs)."""
+    import onnxruntime as ort
+
+    return provider_chain(provider, ort.get_available_providers())[0] != CPU
+
+
 def model_file(manifest: Manifest, on_gpu: bool, cpu_precision: str) -> tuple[str, str]:
     """(file, precision): fp16 on a GPU when exported, int8 on CPU when asked and exported."""
     wanted = "fp16" if on_gpu else cpu_precision
@@ -114,6 +122,11 @@ class ModelSession:
     def features(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """(N, dim) features alone: a published model's head scores are not computed."""
         return self._outputs(["features"], feeds)[0]
+
+    def layer_features(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Each cut point's features (manifest.feature_outputs(), shallowest first), from one
+        pass; [features] for a model exported at one layer."""
+        return self._outputs([o.output for o in self.manifest.feature_outputs()], feeds)
 
     def warm_up(self, feeds: dict[str, np.ndarray]) -> None:
         """Run once at every bucket size (or as given), so no live request pays a first run."""

@@ -62,11 +62,9 @@ def thread_defaults(config: EngineConfig) -> EngineConfig:
     inference stream per core; on a GPU, two streams, so one batch's copies overlap the other's
     compute (two callers ran 1.4-1.5x one on an H200); the cores shared among the streams. A
     GPU provider this onnxruntime lacks fails here, once, before any model is loaded."""
-    import onnxruntime as ort
+    from embedder.core.runtime import gpu_planned
 
-    from embedder.core.runtime import CPU, provider_chain
-
-    on_gpu = provider_chain(config.session.provider, ort.get_available_providers())[0] != CPU
+    on_gpu = gpu_planned(config.session.provider)
     cores = len(os.sched_getaffinity(0))
     streams = config.batching.inference_streams or (GPU_STREAMS if on_gpu else cores)
     threads = config.session.intra_op_threads or max(1, cores // streams)

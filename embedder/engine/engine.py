@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from embedder.core.errors import InputError, ModelNotFoundError, NotReadyError, echo
-from embedder.core.inputs import RawItem
+from embedder.core.inputs import RawItem, check_item_count
 from embedder.core.repository import ModelRepository
 from embedder.core.runtime import ModelSession, batch_buckets
+from embedder.core.vectors import unit_rows
 from embedder.engine.batcher import BatchStats
 from embedder.engine.config import EngineConfig, thread_defaults
 from embedder.engine.metrics import Metrics
@@ -109,8 +110,7 @@ def finish(embeddings: np.ndarray, options: EmbedOptions, normalized: bool) -> n
     if k:
         embeddings = embeddings[:, :k]
     if options.normalize or (k and normalized):
-        norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-        embeddings = embeddings / np.maximum(norms, 1e-12)
+        embeddings = unit_rows(embeddings)
     return np.ascontiguousarray(embeddings, dtype="<f4")
 
 
@@ -233,11 +233,7 @@ class Engine:
         batcher; with the timing and, for a text model, the number of input tokens."""
         started = time.monotonic()
         n = len(items)
-        if n == 0:
-            raise InputError("empty request: send at least one item")
-        if n > self.config.max_items_per_request:
-            limit = self.config.max_items_per_request
-            raise InputError(f"{n} items, over the limit of {limit} per request; split it")
+        check_item_count(n, self.config.max_items_per_request)
         raw = [raw_item(i, item) for i, item in enumerate(items)]
         for i, item in enumerate(raw):  # a wrong input is refused even when it is cached
             model.preprocessor.check_modality(i, item)
@@ -294,11 +290,11 @@ class Engine:
         pairs = list(zip(indices, raw, strict=True))
         if all(r.kind == "tensor" for r in raw):  # already pixels: only a shape check, inline
             return [pre.image(i, r) for i, r in pairs]
-        jobs: list[Any] = [loop.run_in_executor(self._pool, pre.image, i, r) for i, r in pairs]
+        jobs = [self._pool.submit(pre.image, i, r) for i, r in pairs]
         try:
-            return list(await asyncio.gather(*jobs))
+            return list(await asyncio.gather(*map(asyncio.wrap_future, jobs)))
         except BaseException:  # one bad item: the request's decodes still queued are dropped
-            for job in jobs:
+            for job in jobs:  # now, not when the loop next runs (as asyncio's own cancel does)
                 job.cancel()
             raise
 

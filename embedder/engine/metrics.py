@@ -33,5 +33,5 @@ class Metrics:
             buckets=_MS_BUCKETS, registry=self.registry,
         )  # fmt: skip
 
-    def serve(self, port: int, address: str = "127.0.0.1") -> None:
-        start_http_server(port, addr=address, registry=self.registry)
+    def serve(self, host: str, port: int) -> None:
+        start_http_server(port, addr=host, registry=self.registry)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
-
 from embedder.core.batch_parts import CPU_IMAGE_BATCH, in_chunks
 from embedder.core.inputs import Preprocessor
 from embedder.core.runtime import ModelSession, open_session
@@ -60,9 +58,4 @@ class LoadedModel:
             self.cache = ModelCache(config.cache, session, config.cache_shard_rows)
 
     def warm_up(self) -> None:
-        m = self.manifest
-        if m.modality == "text":
-            arrays = self.preprocessor.texts(["warm up the encoder"])
-        else:
-            arrays = [np.zeros((*m.preprocess.size, 3), np.uint8)]
-        self.session.warm_up(self.preprocessor.collate(arrays * 2))
+        self.session.warm_up(self.preprocessor.collate([self.preprocessor.blank()] * 2))

@@ -11,6 +11,7 @@ from embedder.core.batch_parts import CPU_IMAGE_BATCH
 from embedder.core.config import Provider, SessionConfig, check_ranges
 from embedder.core.manifest import Manifest
 from embedder.core.preprocess import DEFAULT_MAX_PIXELS
+from embedder.core.runtime import gpu_planned
 
 EngineName = Literal["local", "server", "ray"]
 
@@ -60,12 +61,15 @@ class Summary:
     dataset: Path | None = None
     keys: list[str] = field(default_factory=list)  # this run's inputs in the cache, in order
     run_file: Path | None = None  # runs/<name>.parquet: this dataset's keys, labels, sources
+    # A model exported at several layers: each cut point's run file (the last is run_file's).
+    layers: dict[str, Path] = field(default_factory=dict)
 
     def __str__(self) -> str:
         rate = self.embedded / self.seconds if self.seconds else 0.0
-        return (f"{self.total} items: {self.embedded} embedded, {self.from_cache} from cache, "
+        text = (f"{self.total} items: {self.embedded} embedded, {self.from_cache} from cache, "
                 f"{self.duplicates} duplicates, {self.failed} failed in {self.seconds:.1f} s "
                 f"({rate:.1f} items/s) -> {self.dataset}")  # fmt: skip
+        return text + "".join(f"\n  layer {k}: {v}" for k, v in self.layers.items())
 
 
 def worker_count(config: FeaturesConfig) -> int:
@@ -73,15 +77,6 @@ def worker_count(config: FeaturesConfig) -> int:
         return config.workers
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return cores or 1
-
-
-def on_gpu(provider: Provider) -> bool:
-    """Whether a session for `provider` is planned on a GPU (it may still fall back)."""
-    import onnxruntime as ort
-
-    from embedder.core.runtime import CPU, provider_chain
-
-    return provider_chain(provider, ort.get_available_providers())[0] != CPU
 
 
 def batch_size_for(config: FeaturesConfig, manifest: Manifest) -> int:
@@ -93,6 +88,6 @@ def batch_size_for(config: FeaturesConfig, manifest: Manifest) -> int:
         return config.batch_size
     if config.engine == "server":
         return 32  # items per request: the server forms its own batches
-    if on_gpu(config.provider):
+    if gpu_planned(config.provider):
         return 64
     return CPU_IMAGE_BATCH if manifest.modality == "image" else 32

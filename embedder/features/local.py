@@ -10,25 +10,31 @@ from embedder.cache import CacheIdentity
 from embedder.core.errors import EmbedderError
 from embedder.core.inputs import Preprocessor
 from embedder.core.manifest import Manifest
-from embedder.core.repository import model_folder
-from embedder.core.runtime import ModelSession, model_file, open_session
-from embedder.features.config import FeaturesConfig, batch_size_for, on_gpu, worker_count
+from embedder.core.repository import model_folder, open_model
+from embedder.core.runtime import ModelSession, gpu_planned, model_file
+from embedder.features.config import FeaturesConfig, batch_size_for, worker_count
 from embedder.features.prepare import Prepared
 
 
-def open_model(config: FeaturesConfig, manifest: Manifest | None = None) -> ModelSession:
-    """The session batch export runs `config.model` on."""
-    folder = model_folder(config.repo, config.model, config.version)
-    manifest = manifest or Manifest.read(folder)
-    # On a GPU every batch, the last one too, runs at the one batch size: one cuDNN plan.
-    buckets = (batch_size_for(config, manifest),)
-    return open_session(folder, manifest, config.session(), buckets)
+def batch_session(config: FeaturesConfig, manifest: Manifest | None = None) -> ModelSession:
+    """The session batch export runs `config.model` on. On a GPU every batch, the last one
+    too, runs at the one batch size: one cuDNN plan."""
+    c = config
+    manifest = manifest or Manifest.read(model_folder(c.repo, c.model, c.version))
+    return open_model(c.repo, c.model, c.version, c.session(), (batch_size_for(c, manifest),),
+                      manifest)  # fmt: skip
 
 
-def planned_identity(manifest: Manifest, config: FeaturesConfig) -> CacheIdentity:
-    """The identity of the file a session will run, known without loading it (CPU)."""
-    _, precision = model_file(manifest, on_gpu(config.provider), "fp32")
-    return CacheIdentity.of(manifest, manifest.file_sha256(precision))
+def planned_identities(manifest: Manifest, config: FeaturesConfig) -> list[CacheIdentity]:
+    """The datasets of the file a session will run, one per cut point, known without loading
+    it (CPU)."""
+    _, precision = model_file(manifest, gpu_planned(config.provider), "fp32")
+    return CacheIdentity.all_of(manifest, manifest.file_sha256(precision))
+
+
+def session_identities(session: ModelSession) -> list[CacheIdentity]:
+    m = session.manifest
+    return CacheIdentity.all_of(m, m.file_sha256(session.precision))
 
 
 class LazySession:
@@ -41,9 +47,9 @@ class LazySession:
         self._session: ModelSession | None = None
         self._failure: Exception | None = None
         self._lock = threading.Lock()
-        self.identity = planned_identity(manifest, config)
-        if on_gpu(config.provider):
-            self.identity = CacheIdentity.of_session(self.get())
+        self.identities = planned_identities(manifest, config)
+        if gpu_planned(config.provider):
+            self.identities = session_identities(self.get())
 
     def get(self) -> ModelSession:
         with self._lock:
@@ -51,8 +57,8 @@ class LazySession:
                 raise self._failure
             if self._session is None:
                 try:
-                    session = open_model(self.config, self.manifest)
-                    if CacheIdentity.of_session(session) != self.identity:
+                    session = batch_session(self.config, self.manifest)
+                    if session_identities(session) != self.identities:
                         raise EmbedderError(
                             f"{self.config.model}: the session runs {session.precision} on "
                             f"{session.providers}, not the file this cache was opened for"
@@ -73,15 +79,16 @@ class LocalEngine:
         self.manifest = Manifest.read(folder)
         self.preprocessor = Preprocessor(self.manifest, folder, config.max_image_pixels)
         self.lazy = LazySession(config, self.manifest)
-        self.identity = self.lazy.identity
-        gpu = on_gpu(config.provider)
+        self.identities = self.lazy.identities
+        gpu = gpu_planned(config.provider)
         self.in_flight = 2 if gpu else worker_count(config)
         auto = config.prepare_processes is None
         self.prepare_in_processes = gpu if auto else config.prepare_processes
 
-    def embed(self, batch: list[Prepared]) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    def embed(self, batch: list[Prepared]) -> tuple[list[np.ndarray], list[tuple[int, str]]]:
+        """Each cut point's vectors for the batch (one pass), and no failures."""
         arrays = [p.array for p in batch]
-        return self.lazy.get().features(self.preprocessor.collate(arrays)), []
+        return self.lazy.get().layer_features(self.preprocessor.collate(arrays)), []
 
     def close(self) -> None:
         pass

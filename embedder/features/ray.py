@@ -17,30 +17,35 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from embedder.cache import CacheIdentity, EmbeddingCache, embedding_column
+from embedder.cache import CacheIdentity, embedding_column
 from embedder.core.errors import EmbedderError
 from embedder.core.inputs import Preprocessor
 from embedder.core.manifest import Manifest
 from embedder.core.repository import model_folder
 from embedder.features.config import FeaturesConfig, Summary, batch_size_for
-from embedder.features.ledger import RunLedger
-from embedder.features.local import open_model, planned_identity
+from embedder.features.ledger import RunLedger, dataset_caches
+from embedder.features.local import batch_session, planned_identities, session_identities
 from embedder.features.prepare import Prepared, make_preparer
 from embedder.features.sources import SourceItem
 
 log = logging.getLogger(__name__)
 
-OUTPUT_COLUMNS = ("key", "embedding", "label", "source", "status", "reason")
+
+def embedding_columns(count: int) -> list[str]:
+    """The output table's vector columns, one per cut point."""
+    return [f"embedding.{i}" for i in range(count)]
 
 
 class RayEmbedder:
     """Ray Data callable class: a session per actor, one Arrow table in, one out."""
 
-    def __init__(self, config: FeaturesConfig, known: set[str], identity: CacheIdentity):
+    def __init__(self, config: FeaturesConfig, known: set[str],
+                 identities: list[CacheIdentity]):  # fmt: skip
         threads = config.intra_op_threads or 1  # an actor holds one CPU
         manifest = Manifest.read(model_folder(config.repo, config.model, config.version))
-        self.session = open_model(replace(config, intra_op_threads=threads), manifest)
-        if CacheIdentity.of_session(self.session) != identity:  # a GPU node: fp16 rows
+        self.session = batch_session(replace(config, intra_op_threads=threads), manifest)
+        self.dims = [i.dim for i in identities]
+        if session_identities(self.session) != identities:  # a GPU node: fp16 rows
             raise EmbedderError(
                 f"actor session runs {self.session.precision} on {self.session.providers}, "
                 "not the model file the driver opened the cache for; use one provider"
@@ -58,31 +63,34 @@ class RayEmbedder:
         prepared = [self.prepare(item) for item in items]
         todo = [p for p in prepared if p.error is None and p.key not in self.known]
         vectors = self._embed(todo)
-        dim = self.session.manifest.dim
-        out = np.zeros((len(prepared), dim), np.float32)
-        status, reasons = [], []
-        rows = iter(vectors)
+        outs = [np.zeros((len(prepared), dim), np.float32) for dim in self.dims]
+        status, reasons, row = [], [], 0
         for i, p in enumerate(prepared):
             if p.error is not None:
                 status.append("failed"), reasons.append(p.error)
             elif p.key in self.known:
                 status.append("cached"), reasons.append(None)
             else:
-                out[i] = next(rows)
+                for out, matrix in zip(outs, vectors, strict=True):
+                    out[i] = matrix[row]
+                row += 1
                 status.append("ok"), reasons.append(None)
-        return pa.table({
+        columns = {
             "key": [p.key for p in prepared],
-            "embedding": embedding_column(out),  # plain Parquet type, not Ray's tensor
             "label": pa.array([p.item.label for p in prepared], pa.string()),
             "source": [p.item.source for p in prepared],
             "status": status,
             "reason": pa.array(reasons, pa.string()),
-        })  # fmt: skip
+        }  # plain Parquet vectors below, not Ray's tensor type
+        names = embedding_columns(len(outs))
+        return pa.table(
+            columns | {n: embedding_column(o) for n, o in zip(names, outs, strict=True)}
+        )
 
-    def _embed(self, todo: list[Prepared]) -> np.ndarray:
+    def _embed(self, todo: list[Prepared]) -> list[np.ndarray]:
         if not todo:
-            return np.zeros((0, self.session.manifest.dim), np.float32)
-        return self.session.features(self.pre.collate([p.array for p in todo]))
+            return [np.zeros((0, dim), np.float32) for dim in self.dims]
+        return self.session.layer_features(self.pre.collate([p.array for p in todo]))
 
 
 def _init_ray(config: FeaturesConfig):
@@ -144,17 +152,17 @@ def export_with_ray(items: list[SourceItem], config: FeaturesConfig) -> Summary:
     ray = _init_ray(config)
     # Known without loading the model; each actor checks its session against it.
     manifest = Manifest.read(model_folder(config.repo, config.model, config.version))
-    identity = planned_identity(manifest, config)
+    identities = planned_identities(manifest, config)
     batch_size = batch_size_for(config, manifest)
-    cache = EmbeddingCache(config.cache, identity)
-    ledger = RunLedger(cache, len(items), config.shard_rows, config.progress)
+    datasets = dataset_caches(config.cache, manifest, identities)
+    ledger = RunLedger(datasets, len(items), config.shard_rows, config.progress)
     rows = [{"source": it.source, "label": it.label, "path": str(it.path) if it.path else None,
              "text": it.text, "error": it.error} for it in items]  # fmt: skip
-    known = set(cache.keys)
+    known = ledger.known
     blocks = max(1, len(rows) // max(256, batch_size * 8))
     dataset = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
         RayEmbedder,
-        fn_constructor_kwargs={"config": config, "known": known, "identity": identity},
+        fn_constructor_kwargs={"config": config, "known": known, "identities": identities},
         batch_size=batch_size,
         batch_format="pyarrow",
         concurrency=config.ray_actors,
@@ -172,10 +180,12 @@ def export_with_ray(items: list[SourceItem], config: FeaturesConfig) -> Summary:
 
 
 def _collect(table: pa.Table, ledger: RunLedger) -> None:
-    vectors = table.column("embedding").combine_chunks()
-    matrix = vectors.flatten().to_numpy().reshape(len(vectors), vectors.type.list_size)
+    matrices = []
+    for name in embedding_columns(len(ledger.caches)):
+        vectors = table.column(name).combine_chunks()
+        matrices.append(vectors.flatten().to_numpy().reshape(len(vectors), vectors.type.list_size))
     columns = table.select(["key", "label", "source", "status", "reason"]).to_pylist()
     for i, row in enumerate(columns):
         error = row["reason"] if row["status"] == "failed" else None
         if ledger.admit(row["key"], row["label"], row["source"], error):
-            ledger.embedded(row["key"], matrix[i], row["label"], row["source"])
+            ledger.embedded(row["key"], [m[i] for m in matrices], row["label"], row["source"])

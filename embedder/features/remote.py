@@ -34,7 +34,11 @@ class ServerEngine:
             raise EmbedderError(f"server {config.server}: {exc.code().name}: {exc.details()}; "
                                 "is embedder-serve running there?") from exc  # fmt: skip
         self.manifest = Manifest.from_dict(json.loads(info.manifest_json))
-        self.identity = CacheIdentity.of(self.manifest, self.manifest.file_sha256(info.precision))
+        if self.manifest.layer_outputs:
+            raise EmbedderError(f"{config.model} is exported at several layers; a server sends "
+                                "only `features`: embed it with --engine local or ray")  # fmt: skip
+        self.identities = [CacheIdentity.of(self.manifest,
+                                            self.manifest.file_sha256(info.precision))]  # fmt: skip
         self.max_bytes = info.batching.max_message_bytes
         self.max_items = info.batching.max_items_per_request
         self.client = EmbedderClient(config.server, max_message_bytes=self.max_bytes)
@@ -42,12 +46,12 @@ class ServerEngine:
         self.prepare_in_processes = False  # the items are only read and hashed here
         self.kind = "text" if self.manifest.modality == "text" else "image"
 
-    def embed(self, batch: list[Prepared]) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    def embed(self, batch: list[Prepared]) -> tuple[list[np.ndarray], list[tuple[int, str]]]:
         items = [pb.Item(**{self.kind: p.raw}) for p in batch]
         failures: list[tuple[int, str]] = []
         chunks = request_chunks(items, self.max_items, self.max_bytes, self.manifest.dim)
         parts = [self._send(items, chunk, failures) for chunk in chunks]
-        return np.concatenate(parts), failures
+        return [np.concatenate(parts)], failures
 
     def _send(self, items: list[pb.Item], indices: list[int], failures: list) -> np.ndarray:
         alive = list(indices)

@@ -14,9 +14,10 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 
-from embedder.cache import EmbeddingCache
+import numpy as np
+
 from embedder.features.config import FeaturesConfig, Summary, batch_size_for, worker_count
-from embedder.features.ledger import RunLedger
+from embedder.features.ledger import RunLedger, dataset_caches
 from embedder.features.local import LocalEngine
 from embedder.features.prepare import (
     Prepared,
@@ -53,9 +54,9 @@ def run_pooled(items: list[SourceItem], config: FeaturesConfig, engine) -> Summa
     """One pool of worker threads prepares items and runs the engine's batches, whichever is
     next, so decoding and inference never fight over a core; this loop only deduplicates and
     records results, in input order."""
-    cache = EmbeddingCache(config.cache, engine.identity)
-    ledger = RunLedger(cache, len(items), config.shard_rows, config.progress)
-    known = set(cache.keys)
+    datasets = dataset_caches(config.cache, engine.manifest, engine.identities)
+    ledger = RunLedger(datasets, len(items), config.shard_rows, config.progress)
+    known = ledger.known
     batch_size = batch_size_for(config, engine.manifest)
     with ExitStack() as stack:
         stack.callback(engine.close)
@@ -95,11 +96,13 @@ def run_pooled(items: list[SourceItem], config: FeaturesConfig, engine) -> Summa
     return ledger.finish(config.run_name)
 
 
-def record(ledger: RunLedger, batch: list[Prepared], vectors, failures) -> None:
-    """A batch's results: its rows embedded, except those the engine failed (index, reason)."""
+def record(ledger: RunLedger, batch: list[Prepared], vectors: list[np.ndarray],
+           failures) -> None:  # fmt: skip
+    """A batch's results (a matrix per cut point): its rows embedded, except those the engine
+    failed (index, reason)."""
     failed = dict(failures)
     for i, reason in failures:
         ledger.failed(batch[i].key, batch[i].item.source, reason)
     done = [p for i, p in enumerate(batch) if i not in failed]
-    for p, vector in zip(done, vectors, strict=True):
-        ledger.embedded(p.key, vector, p.item.label, p.item.source)
+    for row, p in enumerate(done):
+        ledger.embedded(p.key, [v[row] for v in vectors], p.item.label, p.item.source)

@@ -59,12 +59,31 @@ def serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-items-per-request", type=int, default=e.max_items_per_request)
     p.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
     p.add_argument("--max-image-pixels", type=int, default=e.max_image_pixels)
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
-    p.add_argument("--auth-token", help="require 'authorization: Bearer <token>'")
+    p.add_argument(
+        "--metrics-address",
+        help="serve Prometheus /metrics at HOST:PORT, or PORT on loopback (off unless "
+        "given; no auth or TLS: expose it beyond loopback only on a trusted network)",
+    )
+    p.add_argument("--auth-token",
+                   help="require 'authorization: Bearer <token>' on every call but the health "
+                   "probes")  # fmt: skip
     p.add_argument("--tls-cert", type=Path)
     p.add_argument("--tls-key", type=Path)
     p.add_argument("--cache", type=Path, help="embedding cache folder (shared with batch export)")
-    p.add_argument("--drain-seconds", type=float, default=d.drain_seconds)
+    p.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=d.drain_seconds,
+        help="on SIGTERM: health NOT_SERVING and new calls refused for this long while "
+        "calls in flight finish; then what still runs is cancelled and the process "
+        "exits",
+    )
+    p.add_argument(
+        "--read-timeout-seconds",
+        type=float,
+        default=d.read_timeout_seconds,
+        help="HTTP: a request's headers, then its body, must each arrive within this",
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -83,9 +102,11 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
                           max_items_per_request=args.max_items_per_request,
                           max_image_pixels=args.max_image_pixels, cache=args.cache)  # fmt: skip
     return ServerConfig(engine=engine, address=args.address, http_address=args.http_address,
-                        max_message_bytes=args.max_message_bytes, metrics_port=args.metrics_port,
-                        auth_token=args.auth_token, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                        drain_seconds=args.drain_seconds)  # fmt: skip
+                        max_message_bytes=args.max_message_bytes,
+                        metrics_address=args.metrics_address, auth_token=args.auth_token,
+                        tls_cert=args.tls_cert, tls_key=args.tls_key,
+                        drain_seconds=args.drain_seconds,
+                        read_timeout_seconds=args.read_timeout_seconds)  # fmt: skip
 
 
 def serve_main(argv: list[str] | None = None) -> int:

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from embedder.core.errors import InputError
+from embedder.core.errors import InputError, echo
+from embedder.core.inputs import check_item_count, checked_shape
 from embedder.engine.engine import Engine
 from embedder.engine.model import LoadedModel
 
 SERVER_NAME, SERVER_VERSION = "embedder", "0.1.0"
 EMBEDDING = "embedding"
-NUMPY = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
-         "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
-         "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}  # fmt: skip
+NUMPY = {"UINT8": np.uint8}  # the numeric datatypes an input may have (`input_types`)
 
 
 @dataclass
@@ -32,28 +31,35 @@ class Tensor:
     datatype: str  # BYTES or a key of NUMPY
     shape: list[int]
     data: np.ndarray | list[bytes]  # numbers as an array of `shape`; BYTES as a flat list
-    parameters: dict = field(default_factory=dict)
 
 
-MAX_ELEMENTS = 1 << 31  # of one tensor; the message size limit bounds real requests first
+def input_types(model: LoadedModel) -> dict[str, str]:
+    """The inputs the model takes, by name, with their datatypes."""
+    if model.manifest.modality == "text":
+        return {"text": "BYTES"}
+    if model.manifest.extra_inputs:  # two backbones, two crops: encoded images only
+        return {"image": "BYTES"}
+    return {"image": "BYTES", "pixels": "UINT8"}
 
 
-def checked_spec(name, datatype, shape) -> tuple[str, str, list[int], int]:
-    """A tensor's name, datatype and shape as the protocol allows them, and its element count;
-    anything else is the caller's InputError."""
-    if not isinstance(name, str) or not isinstance(datatype, str):
-        raise InputError("an input's name and datatype must be strings")
-    if datatype != "BYTES" and datatype not in NUMPY:
-        raise InputError(f"input {name!r}: unknown datatype {datatype!r}")
-    if not isinstance(shape, list | tuple) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise InputError(f"input {name!r}: shape must be a list of sizes >= 0, not {shape!r}")
-    count = 1
-    for d in shape:  # Python ints: no overflow to 0 on absurd shapes
-        count *= d
-    if count > MAX_ELEMENTS:
-        raise InputError(f"input {name!r}: shape {list(shape)} holds too many elements")
+def checked_spec(model: LoadedModel, name, datatype, shape, max_items: int
+                 ) -> tuple[str, str, list[int], int]:  # fmt: skip
+    """The one input's name, datatype and shape as this model takes them, and its element count,
+    checked before a byte of its data is read: the item count first, so that no shape, however
+    large or empty, costs more than these few comparisons. Anything else is an InputError."""
+    types = input_types(model)
+    if not isinstance(name, str) or name not in types:
+        raise InputError(f"model {model.manifest.name!r} takes one input of {sorted(types)}; "
+                         f"got {echo(name)}")  # fmt: skip
+    if datatype != types[name]:
+        raise InputError(f"input {name!r} must be {types[name]}, not {echo(datatype)}")
+    count = checked_shape(shape, f"input {name!r}")
+    if name == "pixels":
+        h, w = model.manifest.preprocess.size
+        if len(shape) != 4 or list(shape[1:]) != [h, w, 3]:
+            raise InputError(f"input 'pixels' must be [N, {h}, {w}, 3] (uint8 RGB, resized as the "
+                             f"model's manifest says), not {echo(list(shape))}")  # fmt: skip
+    check_item_count(shape[0] if name == "pixels" else count, max_items)
     return name, datatype, list(shape), count
 
 
@@ -76,10 +82,6 @@ def decode_bytes(raw: bytes, name: str, count: int) -> list[bytes]:
     return out
 
 
-def encode_bytes(items: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<I", len(b)) + b for b in items)
-
-
 def numbers(raw: bytes, datatype: str, shape: list[int], count: int, name: str) -> np.ndarray:
     """A numeric tensor from little-endian bytes, checked against its shape."""
     dtype = np.dtype(NUMPY[datatype]).newbyteorder("<")
@@ -88,15 +90,20 @@ def numbers(raw: bytes, datatype: str, shape: list[int], count: int, name: str) 
     return np.frombuffer(raw, dtype).reshape(shape)
 
 
-def values(data, datatype: str, shape: list[int], count: int, name: str) -> np.ndarray:
-    """A numeric tensor from a list of numbers (JSON data, typed contents)."""
-    try:
-        array = np.asarray(data, NUMPY[datatype])
-    except (ValueError, TypeError, OverflowError) as exc:
-        raise InputError(f"input {name!r}: the data are not {datatype} values ({exc})") from exc
-    if array.ndim != 1 or array.size != count:
+def values(data: list, datatype: str, shape: list[int], count: int, name: str) -> np.ndarray:
+    """A numeric tensor from a list of numbers (JSON data, typed contents), each one in range."""
+    array = np.asarray(data) if data else np.zeros(0, NUMPY[datatype])
+    kind, info = array.dtype.kind, np.iinfo(NUMPY[datatype])
+    if (
+        kind not in "iu"
+        or array.ndim != 1
+        or (array.size and (array.min() < info.min or array.max() > info.max))
+    ):
+        raise InputError(f"input {name!r}: the data are not {count} {datatype} values "
+                         f"({info.min}..{info.max})")  # fmt: skip
+    if array.size != count:
         raise InputError(f"input {name!r}: {array.size} values for shape {shape}")
-    return array.reshape(shape)
+    return array.astype(NUMPY[datatype]).reshape(shape)
 
 
 def model_metadata(model: LoadedModel, versions: list[str]) -> dict:
@@ -104,6 +111,8 @@ def model_metadata(model: LoadedModel, versions: list[str]) -> dict:
     m = model.manifest
     if m.modality == "text":
         inputs = [_meta("text", "BYTES", [-1])]
+    elif m.extra_inputs:
+        inputs = [_meta("image", "BYTES", [-1])]
     else:
         h, w = m.preprocess.size
         inputs = [_meta("image", "BYTES", [-1]), _meta("pixels", "UINT8", [-1, h, w, 3])]
@@ -122,25 +131,10 @@ def _meta(name: str, datatype: str, shape: list[int], parameters: dict | None = 
     return {"name": name, "datatype": datatype, "shape": shape, "parameters": parameters or {}}
 
 
-def engine_items(model: LoadedModel, inputs: list[Tensor]) -> list:
-    """The engine's items from the request's one input tensor."""
-    names = {"text": "BYTES"} if model.manifest.modality == "text" else {
-        "image": "BYTES", "pixels": "UINT8"}  # fmt: skip
-    if len(inputs) != 1 or inputs[0].name not in names:
-        got = ", ".join(t.name for t in inputs) or "none"
-        raise InputError(f"model {model.manifest.name!r} takes one input of {sorted(names)}; "
-                         f"got {got}")  # fmt: skip
-    tensor = inputs[0]
-    if tensor.datatype != names[tensor.name]:
-        raise InputError(f"input {tensor.name!r} must be {names[tensor.name]}, not "
-                         f"{tensor.datatype}")  # fmt: skip
+def engine_items(tensor: Tensor) -> list:
+    """The engine's items from the request's input, whose spec `checked_spec` passed."""
     if tensor.name == "pixels":
-        if len(tensor.shape) != 4:
-            raise InputError(f"input 'pixels' must be [N, H, W, 3], not {tensor.shape}")
-        return list(np.asarray(tensor.data))
-    if len(tensor.data) != (int(np.prod(tensor.shape)) if tensor.shape else 1):
-        raise InputError(f"input {tensor.name!r}: {len(tensor.data)} elements for shape "
-                         f"{tensor.shape}")  # fmt: skip
+        return list(tensor.data)  # (H, W, 3) views of the checked [N, H, W, 3] array
     if tensor.name == "image":
         for i, b in enumerate(tensor.data):
             if not isinstance(b, bytes | bytearray):
@@ -156,13 +150,18 @@ def engine_items(model: LoadedModel, inputs: list[Tensor]) -> list:
     return texts
 
 
-async def infer(engine: Engine, model: LoadedModel, inputs: list[Tensor],
-                requested: list[str], deadline: float | None = None) -> list[Tensor]:  # fmt: skip
-    """The requested outputs (all when none are named) of the model on `inputs`."""
+def check_outputs(model: LoadedModel, requested: list[str]) -> None:
     available = [EMBEDDING, *model.manifest.heads]
     unknown = [n for n in requested if n not in available]
     if unknown:
-        raise InputError(f"no output {unknown[0]!r}; this model has {', '.join(available)}")
-    result = await engine.infer(model, engine_items(model, inputs), deadline)
+        raise InputError(f"no output {echo(unknown[0])}; this model has {', '.join(available)}")
+
+
+async def infer(engine: Engine, model: LoadedModel, tensor: Tensor, requested: list[str],
+                deadline: float | None = None) -> list[Tensor]:  # fmt: skip
+    """The requested outputs (all when none are named, checked by `check_outputs`) of the model
+    on its input."""
+    available = [EMBEDDING, *model.manifest.heads]
+    result = await engine.infer(model, engine_items(tensor), deadline)
     arrays = {EMBEDDING: result.features, **result.scores}
     return [Tensor(n, "FP32", list(arrays[n].shape), arrays[n]) for n in requested or available]

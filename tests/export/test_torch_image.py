@@ -30,7 +30,8 @@ def test_export_writes_model_and_manifest_with_parity(cnn, tmp_path):
     assert (m.modality, m.dim, m.layer, m.pooling) == ("image", 24, "2", "global-average")
     assert m.inputs[0].name == "pixels" and m.inputs[0].dtype == "uint8"
     assert m.inputs[0].shape == ("batch", 32, 32, 3)
-    assert 0 <= m.parity_max_abs_diff <= 1e-4
+    # The export refuses over 1e-4; the tiny CNN reads 3e-8 (one float32 step of its features).
+    assert 0 <= m.parity_max_abs_diff <= 1e-6
     assert m.source.package == "user-supplied"
 
 
@@ -49,7 +50,7 @@ def test_graph_normalises_inside_and_matches_torch(cnn, tmp_path):
     std = torch.tensor(SMALL.std).view(1, 3, 1, 1)
     with torch.no_grad():
         expected = cnn((x - mean) / std).mean((2, 3)).numpy()
-    np.testing.assert_allclose(ours, expected, atol=1e-4)
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-6)  # reads 4e-8
 
 
 @pytest.mark.parametrize("batch", [1, 3, 7])
@@ -104,7 +105,8 @@ def test_variants_recorded_with_cosine(cnn, tmp_path):
     m = _export(cnn, tmp_path, variants=("fp16", "int8")).manifest
     assert set(m.variants) == {"fp16", "int8"}
     assert m.variants["fp16"].cosine_to_fp32_min > 0.999
-    assert 0.5 < m.variants["int8"].cosine_to_fp32_min <= 1.0 + 1e-9
+    # The tiny CNN's int8 reads 0.999998 (its first convolution kept fp32, rounding calibrated).
+    assert 0.999 < m.variants["int8"].cosine_to_fp32_min <= 1.0 + 1e-9
     Manifest.read(tmp_path / "tiny/1").verify(tmp_path / "tiny/1")
     for v in m.variants.values():
         session = ort.InferenceSession(

@@ -22,8 +22,8 @@ def test_manifest_and_tokenizer_copied(tiny_bert_repo):
     assert m.pooling == "mean-over-attention-mask"
     assert [i.name for i in m.inputs] == ["input_ids", "attention_mask"]
     assert m.preprocess.max_length == 16
-    assert m.parity_max_abs_diff <= 1e-4
-    assert m.variants["int8"].cosine_to_fp32_min > 0.9
+    assert m.parity_max_abs_diff <= 1e-6  # the export refuses over 1e-4; reads 6e-8
+    assert m.variants["int8"].cosine_to_fp32_min > 0.999  # reads 0.99999997
 
 
 def test_served_graph_fuses_gelu(tiny_bert_repo, tmp_path):
@@ -53,8 +53,8 @@ def test_dynamic_batch_and_sequence_match_torch(tiny_bert_repo, tiny_bert_dir, t
         hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
         pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
         expected = torch.nn.functional.normalize(pooled, dim=1).numpy()
-    np.testing.assert_allclose(ours, expected, atol=1e-5)
-    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-6)  # reads 3-6e-8
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-6)
 
 
 def test_padding_does_not_change_an_embedding(tiny_bert_repo):
@@ -72,7 +72,7 @@ def test_cut_at_intermediate_layer(tiny_bert_dir, tmp_path):
     m = export_backbone(
         ExportConfig("tinybert", repo=tmp_path, layer="encoder.layer.0"), backbone, cfg
     ).manifest
-    assert m.layer == "encoder.layer.0" and m.parity_max_abs_diff <= 1e-4
+    assert m.layer == "encoder.layer.0" and m.parity_max_abs_diff <= 1e-6  # reads 6e-8
 
 
 def test_directory_without_tokenizer_json_is_refused(tiny_bert_dir, tmp_path):

@@ -20,11 +20,17 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
 @pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P"])
 def test_formats_and_modes_become_rgb_uint8(fmt, mode):
+    """A one-colour image comes out as that colour (its grey or palette colour in L and P) in
+    every pixel, in RGB order; lossy formats may move a channel by a few levels."""
     if fmt == "JPEG" and mode in ("RGBA", "P"):
         pytest.skip("JPEG has no alpha or palette")
-    img = Image.new("RGB", (60, 40), (200, 30, 10)).convert(mode)
+    img = Image.new("RGB", (60, 40), (200, 30, 10)).convert(mode, dither=Image.Dither.NONE)
+    colour = np.array(img.convert("RGB").getpixel((0, 0)))
+    assert mode in ("L", "P") or colour.tolist() == [200, 30, 10]
     out = preprocess_image_bytes(_encode(img, fmt), CFG)
     assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    lossy = fmt in ("JPEG", "WEBP") and mode != "L"  # (one grey level is kept exactly)
+    assert np.abs(out.astype(int) - colour).max() <= (3 if lossy else 0), (colour, out[0, 0])
 
 
 def test_exif_orientation_is_applied():
@@ -37,10 +43,34 @@ def test_exif_orientation_is_applied():
 
 
 def test_resize_shorter_then_centre_crop():
+    """100x50 -> 72x36, of which columns 18-53 are kept: a white band at the far left is cropped
+    away, one across the middle stays where the scale puts it."""
     img = Image.new("RGB", (100, 50), (0, 0, 0))
-    img.paste((255, 255, 255), (0, 0, 10, 50))  # a white band at the far left is cropped away
+    img.paste((255, 255, 255), (0, 0, 10, 50))
+    img.paste((255, 255, 255), (45, 0, 55, 50))  # resized: columns 32.4-39.6, cropped: 14.4-21.6
     out = preprocess_image_bytes(_encode(img, "PNG"), ImagePreprocess((36, 36), 36))
-    assert out.max() == 0
+    assert out.shape == (36, 36, 3) and (out == out[:1]).all()  # every row alike
+    row = out[0, :, 0]
+    assert (row[15:21] == 255).all() and (row[:13] == 0).all() and (row[23:] == 0).all(), row
+
+
+@pytest.mark.parametrize("size", [(100, 50), (50, 100), (64, 64)])
+@pytest.mark.parametrize("cfg", [ImagePreprocess((36, 36), 36), CFG])
+def test_resize_and_crop_equal_pil_on_the_whole_image(size, cfg):
+    """A gradient (red across, green down) resized whole with PIL, then centre-cropped: the same
+    pixels as ours, which resizes only the box it keeps."""
+    w, h = size
+    across, down = np.linspace(0, 255, w), np.linspace(0, 255, h)
+    pixels = np.stack([np.tile(across, (h, 1)), np.tile(down[:, None], (1, w)),
+                       np.full((h, w), 90)], axis=-1).round().astype(np.uint8)  # fmt: skip
+    img = Image.fromarray(pixels)
+    scale = cfg.resize_shorter / min(w, h)
+    new_w, new_h = round(w * scale), round(h * scale)
+    (out_h, out_w), left, top = cfg.size, (new_w - cfg.size[1]) // 2, (new_h - cfg.size[0]) // 2
+    whole = np.asarray(img.resize((new_w, new_h), Image.Resampling.BILINEAR))
+    expected = whole[top : top + out_h, left : left + out_w]
+    out = preprocess_image_bytes(_encode(img, "PNG"), cfg)
+    np.testing.assert_array_equal(out, expected)
 
 
 def test_decompression_bomb_refused_before_decoding():

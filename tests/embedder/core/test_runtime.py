@@ -6,7 +6,7 @@ import pytest
 from tiny_models import optimized_op_types
 
 from embedder.core.config import SessionConfig
-from embedder.core.manifest import Manifest
+from embedder.core.manifest import ImagePreprocess, Manifest
 from embedder.core.runtime import (
     CPU,
     CUDA,
@@ -50,12 +50,20 @@ def test_file_per_provider_and_precision(tiny_repo):
     assert model_file(manifest, on_gpu=True, cpu_precision="int8") == (manifest.file, "fp32")
 
 
-def test_fp16_file_chosen_on_a_gpu(default_repo):
-    manifest = Manifest.read(default_repo / "minilm_l6" / "1")
-    assert model_file(manifest, on_gpu=True, cpu_precision="fp32") == (
-        manifest.variants["fp16"].file,
-        "fp16",
-    )
+def test_fp16_file_chosen_on_a_gpu(cnn, tmp_path):
+    """With an fp16 file exported, a GPU serves it whatever the CPU precision; a CPU never does."""
+    from export import ExportConfig, export_backbone
+    from export.generic import module_backbone_cfg
+
+    backbone, cfg = module_backbone_cfg(cnn, "tiny", ImagePreprocess((32, 32), 36))
+    config = ExportConfig("tiny", repo=tmp_path, variants=("fp16",))
+    manifest = export_backbone(config, backbone, cfg).manifest
+    fp16 = manifest.variants["fp16"].file
+    assert fp16 != manifest.file and (tmp_path / "tiny" / "1" / fp16).is_file()
+    for precision in ("fp32", "int8"):
+        assert model_file(manifest, on_gpu=True, cpu_precision=precision) == (fp16, "fp16")
+        cpu = model_file(manifest, on_gpu=False, cpu_precision=precision)
+        assert cpu == (manifest.file, "fp32")  # no int8 file exported: fp32
 
 
 @pytest.mark.skipif(CUDA in ort.get_available_providers(), reason="this machine has CUDA")

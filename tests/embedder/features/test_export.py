@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pyarrow.parquet as pq
 import pytest
+from image_files import make_images
 from PIL import Image
 
 from embedder.cache import load_features
@@ -19,22 +20,6 @@ from embedder.core.manifest import Manifest
 from embedder.core.preprocess import TextTokenizer, preprocess_image_bytes
 from embedder.features import FeaturesConfig, export_features
 from embedder.features.sources import image_folder, text_table
-
-
-def make_images(root, per_class=6, size=(48, 40)):
-    rng = np.random.default_rng(0)
-    for label in ("cats", "dogs"):
-        (root / label).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-            fmt = "png" if i % 2 else "jpg"
-            Image.fromarray(pixels).save(root / label / f"{i}.{fmt}")
-    (root / "cats" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff this is not a jpeg")
-    good = (root / "dogs" / "0.jpg").read_bytes()
-    (root / "dogs" / "truncated.jpg").write_bytes(good[: len(good) // 3])
-    (root / "dogs" / "copy_of_0.jpg").write_bytes(good)  # identical content: embedded once
-    (root / "dogs" / "notes.txt").write_text("not an image, not listed")
-    return root
 
 
 @pytest.fixture

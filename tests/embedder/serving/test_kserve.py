@@ -45,7 +45,7 @@ def repo(tiny_repo, trained, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(repo):
-    with running_server(repo, http_address="127.0.0.1:0", metrics_port=0) as s:
+    with running_server(repo, http_address="127.0.0.1:0", metrics_address="0") as s:
         yield s
 
 

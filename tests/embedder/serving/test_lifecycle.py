@@ -4,7 +4,6 @@ import asyncio
 import io
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -16,6 +15,7 @@ from PIL import Image
 from server_helpers import ServerThread, free_port, server_config
 
 from embedder.client import EmbedderClient
+from embedder.serving.launch import ServeProcess
 
 SERVING, NOT_SERVING = (
     health_pb2.HealthCheckResponse.SERVING,
@@ -80,18 +80,15 @@ def _png(i: int) -> bytes:
 
 
 def test_sigterm_drains_in_flight_requests(tiny_repo):
-    port = free_port()
-    cmd = [sys.executable, "-c", "from embedder.serving.cli import serve_main; raise SystemExit(serve_main())",
-           "--repo", str(tiny_repo), "--address", f"127.0.0.1:{port}", "--max-queue-delay-ms", "400",
-           "--max-batch-size", "256", "--drain-seconds", "2"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    flags = ["--repo", tiny_repo, "--address", "127.0.0.1:0", "--max-queue-delay-ms", "400",
+             "--max-batch-size", "256", "--drain-seconds", "2"]  # fmt: skip
+    server = ServeProcess(flags, stderr=subprocess.PIPE)
     try:
-        assert "listening" in proc.stdout.readline()
         results, errors = {}, []
 
         def worker(i):
             try:
-                with EmbedderClient(f"127.0.0.1:{port}") as c:
+                with EmbedderClient(server.grpc_target) as c:
                     results[i] = c.embed_images("tiny_image", [_png(i)] * 4)
             except grpc.RpcError as exc:
                 errors.append(exc)
@@ -100,13 +97,12 @@ def test_sigterm_drains_in_flight_requests(tiny_repo):
         for t in threads:
             t.start()
         time.sleep(0.2)  # the requests sit in the 400 ms batching window
-        proc.send_signal(signal.SIGTERM)
+        server.proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(30)
         assert errors == [] and len(results) == 16
         assert all(r.shape == (4, 24) and np.isfinite(r).all() for r in results.values())
-        assert proc.wait(30) == 0
-        assert "draining for 2 s" in proc.stderr.read()  # was "draining (up to 0 s)" for 0.2
+        assert server.proc.wait(30) == 0
+        assert "draining for 2 s" in server.proc.stderr.read()  # was "draining (up to 0 s)"
     finally:
-        proc.kill()
-        proc.wait()
+        server.stop()

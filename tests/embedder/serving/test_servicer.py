@@ -276,13 +276,40 @@ def test_message_over_the_limit(tiny_repo):
         )
 
 
-def test_queue_full_is_refused_at_once(tiny_repo):
-    batching = BatchingConfig(max_batch_size=4, max_queue_delay_ms=1000, max_queue_size=4)
-    with running_server(tiny_repo, batching=batching) as server, EmbedderClient(server.target) as c:
-        waiting = threading.Thread(target=c.embed_images, args=("tiny_image", [png()] * 3))
-        waiting.start()  # three items sit in the queue for up to a second, waiting for company
-        time.sleep(0.3)
-        started = time.monotonic()
+def held_decodes(monkeypatch, release: threading.Event | None = None,
+                 held=lambda data: True) -> tuple[threading.Event, list[bytes]]:  # fmt: skip
+    """Every image decode records its bytes and sets the event returned as it starts; given
+    `release`, those that `held` picks wait for it first (30 s at most)."""
+    import embedder.core.inputs
+
+    started, seen = threading.Event(), []
+    real = embedder.core.inputs.preprocess_image_bytes
+
+    def decode(data, *args):
+        seen.append(data)
+        started.set()
+        if release is not None and held(data):
+            release.wait(30)
+        return real(data, *args)
+
+    monkeypatch.setattr(embedder.core.inputs, "preprocess_image_bytes", decode)
+    return started, seen
+
+
+def test_queue_full_is_refused_at_once(tiny_repo, monkeypatch):
+    """Three items wait a minute for a fourth to fill their batch: two more are refused while
+    they wait (not queued until there is room), and the fourth, let in, rides with them."""
+    decoding, _ = held_decodes(monkeypatch)
+    batching = BatchingConfig(max_batch_size=4, max_queue_delay_ms=60_000, max_queue_size=4)
+    with (
+        running_server(tiny_repo, batching=batching) as server,
+        EmbedderClient(server.target, timeout=20) as c,  # a wait for room would run out
+    ):
+        answers = []
+        three = embed_request("tiny_image", [pb.Item(image=png())] * 3)
+        waiting = threading.Thread(target=lambda: answers.append(c.embed(three)))
+        waiting.start()
+        assert decoding.wait(20)  # the three hold their room from before their decoding
         expect_status(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             c.embed_images,
@@ -290,9 +317,12 @@ def test_queue_full_is_refused_at_once(tiny_repo):
             [png()] * 2,
             match="retry with backoff",
         )
-        assert time.monotonic() - started < 0.5  # refused at once, not after the queue drained
-        waiting.join(10)
-        assert c.embed_images("tiny_image", [png()] * 4).shape == (4, 24)
+        assert waiting.is_alive() and not answers  # the three were still waiting
+        assert _metric(server, "embedder_items_total", model="tiny_image/1") == 0
+        fourth = c.embed(embed_request("tiny_image", [pb.Item(image=png())]))
+        waiting.join(20)
+        assert [a.timing.batch_items for a in (*answers, fourth)] == [4, 4]
+        assert answers[0].embeddings.shape == (3, 24)
 
 
 def test_bearer_token(tiny_repo):
@@ -329,7 +359,10 @@ def test_tls(tiny_repo, tmp_path):
 
 def test_metrics_endpoint(tiny_repo):
     port = free_port()
-    with running_server(tiny_repo, metrics_port=port) as server, EmbedderClient(server.target) as c:
+    with (
+        running_server(tiny_repo, metrics_address=str(port)) as server,
+        EmbedderClient(server.target) as c,
+    ):
         c.embed_images("tiny_image", [png()] * 3)
         with pytest.raises(grpc.RpcError):
             c.embed(embed_request("nope", [pb.Item(text="x")]))
@@ -397,7 +430,7 @@ def test_failed_start_releases_the_port(tiny_repo):
     try:
         with (
             pytest.raises(OSError),
-            running_server(tiny_repo, address=f"127.0.0.1:{port}", metrics_port=taken),
+            running_server(tiny_repo, address=f"127.0.0.1:{port}", metrics_address=str(taken)),
         ):
             pass
     finally:
@@ -458,50 +491,55 @@ def test_an_answer_over_the_message_limit_is_refused_before_compute(tiny_repo):
         assert c.embed_texts("tiny_text", texts).shape == (200, 32)  # the client splits it
 
 
-def big_png(side: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (side, side), (120, 60, 30)).save(buf, "PNG", compress_level=1)
-    return buf.getvalue()
-
-
 def test_one_bad_item_drops_the_rest_of_its_decodes(tiny_repo, monkeypatch):
-    import embedder.core.inputs
-
-    decoded = []
-    real = embedder.core.inputs.preprocess_image_bytes
-
-    def counting(*args):
-        decoded.append(1)
-        return real(*args)
-
-    monkeypatch.setattr(embedder.core.inputs, "preprocess_image_bytes", counting)
+    """Item 0 fails to decode while the other 40 wait behind it on the one preprocessing
+    thread, held there until the client has its error and the server has answered another
+    call (its loop drops the decodes a moment after the error goes out): at most the one
+    decode that had begun runs. A request sent after it decodes on that thread after whatever
+    was left queued, so when it is answered every leftover decode would have run."""
+    answered = threading.Event()
+    other = png((90, 90, 90))
+    _, decoded = held_decodes(monkeypatch, answered, held=lambda data: data == other)
     with (
         running_server(tiny_repo, preprocess_threads=1) as server,
-        EmbedderClient(server.target) as c,
+        EmbedderClient(server.target, timeout=20) as c,
     ):
-        items = [pb.Item(image=b"junk")] + [pb.Item(image=big_png(1500))] * 40
-        expect_status(grpc.StatusCode.INVALID_ARGUMENT, c.embed,
-                      embed_request("tiny_image", items), match="item 0")  # fmt: skip
-        time.sleep(1.0)  # long enough for the 40 decodes had they been left queued
-        assert len(decoded) < 10
+        items = [pb.Item(image=b"junk")] + [pb.Item(image=other)] * 40
+        try:
+            expect_status(grpc.StatusCode.INVALID_ARGUMENT, c.embed,
+                          embed_request("tiny_image", items), match="item 0")  # fmt: skip
+            c.list_models()
+        finally:
+            answered.set()
         assert c.embed_images("tiny_image", [png()]).shape == (1, 24)
+    assert decoded[0] == b"junk" and decoded[-1] == png()
+    assert decoded.count(other) <= 1, f"{decoded.count(other)} of the 40 were decoded"
 
 
-def test_items_being_decoded_count_against_the_queue(tiny_repo):
+def test_items_being_decoded_count_against_the_queue(tiny_repo, monkeypatch):
+    """Eight items, their decoding held, take all the queue's room: a ninth is refused while
+    they decode (were room taken only after decoding, it would be let in and wait behind them
+    until the client's deadline); failed requests give their room back."""
+    release = threading.Event()
+    decoding, _ = held_decodes(monkeypatch, release)
     batching = BatchingConfig(max_batch_size=8, max_queue_size=8)
     with (
         running_server(tiny_repo, batching=batching, preprocess_threads=1) as server,
-        EmbedderClient(server.target) as c,
+        EmbedderClient(server.target, timeout=20) as c,
     ):
-        slow = embed_request("tiny_image", [pb.Item(image=big_png(3000))] * 8)
-        worker = threading.Thread(target=c.embed, args=(slow,))
-        started = time.monotonic()
-        worker.start()  # eight large decodes on one thread: the queue's room is all taken
-        time.sleep(0.15)
-        expect_status(grpc.StatusCode.RESOURCE_EXHAUSTED, c.embed_images, "tiny_image", [png()],
-                      match="8 items waiting")  # fmt: skip
-        worker.join(30)
-        assert time.monotonic() - started > 0.3  # the refusal came while they were decoding
+        answers = []
+        eight = embed_request("tiny_image", [pb.Item(image=png())] * 8)
+        worker = threading.Thread(target=lambda: answers.append(c.embed(eight)))
+        worker.start()
+        try:
+            assert decoding.wait(20)
+            expect_status(grpc.StatusCode.RESOURCE_EXHAUSTED, c.embed_images, "tiny_image",
+                          [png()], match="8 items waiting")  # fmt: skip
+            assert not answers  # refused while the eight were decoding
+        finally:
+            release.set()
+        worker.join(20)
+        assert answers[0].embeddings.shape == (8, 24)
         bad = embed_request("tiny_image", [pb.Item(image=png())] * 7 + [pb.Item(image=b"junk")])
         for _ in range(3):  # failed requests give their room back
             expect_status(grpc.StatusCode.INVALID_ARGUMENT, c.embed, bad, match="item 7")
