@@ -136,6 +136,7 @@ def train_and_publish(repo: Path, dataset: Path, features, pixels, out: Path) ->
     from heads import HeadConfig, train_head
     from heads.evaluate import evaluate, write_report
     from heads.fewshot import few_shot_curve, pixel_baseline, plot_curve
+    from heads.ood import OODConfig, fit_ood
     from heads.persist import save_head
     from heads.publish import publish
 
@@ -154,12 +155,14 @@ def train_and_publish(repo: Path, dataset: Path, features, pixels, out: Path) ->
         "raw pixels",
         ks=[1, 2, 5, 10, 20],
         draws=5,
+        ood=OODConfig(),
     )
     print(f"\nFew-shot accuracy (%), faces vs non-faces, test n={curve.n_test}:\n{curve.table()}")
     print(f"{curve.verdict()}\nplot: {plot_curve(curve, out / 'faces_fewshot.png')}")
     head = train_head(features.X, features.y, config)
+    scorer = fit_ood(features.X, features.y)  # which inputs are outside what the head learned
     backbone = {"model": "mobilenet_v2", "version": "1", "digest": dataset.name}
-    saved = save_head(head, out / "heads" / "faces", backbone, features.X.shape[1])
+    saved = save_head(head, out / "heads" / "faces", backbone, features.X.shape[1], scorer)
     target = publish(
         repo / "mobilenet_v2" / "1", {"faces": saved}, repo, "mobilenet_v2_faces", overwrite=True
     )
@@ -178,10 +181,13 @@ async def classify_through_server(client, photos: dict[str, np.ndarray], faces: 
     (faces_head,) = await client.classify("mobilenet_v2_faces", items, heads=["faces"])
     (advised,) = await client.classify("faces_advised", items)
     print("\nClassify via gRPC: mobilenet_v2_faces (head 'faces') and faces_advised (the advisor's")
-    print("winner). Both know only 25x25 face crops vs background crops, so the sample photos")
-    print("are outside what they were trained on:")
+    print("winner). Both learned only 25x25 face crops against background crops; their OOD")
+    print(f"scores say so for the sample photos (unknown above the threshold, "
+          f"{faces_head.ood_threshold:.4g} and {advised.ood_threshold:.4g}):")  # fmt: skip
     for name, top, other in zip(names, faces_head.items, advised.items, strict=True):
-        print(f"  {name:20} {top.labels[0]:8} p={top.scores[0]:.3f}   advised: {other.labels[0]}")
+        print(f"  {name:20} {top.labels[0]:8} p={top.scores[0]:.3f} ood={top.ood_score:9.4g} "
+              f"{'UNKNOWN' if top.unknown else 'known':8} advised: {other.labels[0]:8} "
+              f"{'UNKNOWN' if other.unknown else 'known'}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from .ood import OODConfig, fit_ood
 from .train import DEFAULT_CONFIG, HeadConfig, check_features, check_labels, train_head
 
 # (train indices, test indices) -> (train features, test features), fitted on train only
@@ -48,6 +49,9 @@ class CurvePoint:
     baseline_mean: float
     baseline_std: float
     draws: int
+    # With an OOD scorer: the share of held-out in-distribution items its threshold, fitted and
+    # calibrated on the k examples alone, accepts (target 0.95); None where k is too small.
+    ood_accepted: float | None = None
 
 
 @dataclass
@@ -74,12 +78,18 @@ class Curve:
         )
 
     def table(self) -> str:
-        rows = [f"| k per class | {self.name} | {self.baseline} | |", "|---|---|---|---|"]
+        ood = any(p.ood_accepted is not None for p in self.points)
+        extra = (" in-distribution accepted by the OOD threshold |", "---|") if ood else ("", "")
+        rows = [f"| k per class | {self.name} | {self.baseline} | |{extra[0]}",
+                f"|---|---|---|---|{extra[1]}"]  # fmt: skip
         for p in self.points:
             flag = "negative transfer" if p.baseline_mean > p.mean else ""
+            accepted = ""
+            if ood:
+                accepted = " - |" if p.ood_accepted is None else f" {100 * p.ood_accepted:.1f} % |"
             rows.append(
                 f"| {p.k} | {100 * p.mean:.1f} ± {100 * p.std:.1f} | "
-                f"{100 * p.baseline_mean:.1f} ± {100 * p.baseline_std:.1f} | {flag} |"
+                f"{100 * p.baseline_mean:.1f} ± {100 * p.baseline_std:.1f} | {flag} |{accepted}"
             )
         return "\n".join(rows)
 
@@ -117,9 +127,11 @@ def few_shot_curve(
     baseline_config: HeadConfig | None = None,
     seed: int = 0,
     baseline_of: Curve | None = None,
+    ood: OODConfig | None = None,
 ) -> Curve:
     """`baseline_of`: a curve drawn on the same labels, ks and seed, whose baseline figures
-    are taken instead of computed again (the baseline does not depend on X)."""
+    are taken instead of computed again (the baseline does not depend on X). `ood`: fit and
+    calibrate that scorer on each draw too, and report how much of the test set it accepts."""
     X = check_features(X)
     y = check_labels(y, folds=2)
     idx = np.arange(len(y))
@@ -129,10 +141,13 @@ def few_shot_curve(
     base_cfg = baseline_config or config
     points = []
     for i, k in enumerate([*ks, "all"]):
-        ours, theirs = [], []
+        ours, theirs, accepted = [], [], []
         for d in range(1 if k == "all" else draws):
             train = pool if k == "all" else _draw(np.random.default_rng([seed, d, k]), pool, y, k)
             ours.append(_score(X, y, train, test, config))
+            if ood is not None and (k == "all" or k >= 2):
+                scorer = fit_ood(X[train], y[train], ood)
+                accepted.append(float((~scorer.unknown(X[test])).mean()))
             if baseline_of is None:
                 Xb_train, Xb_test = baseline(train, test)
                 head = train_head(Xb_train, y[train], base_cfg, few_shot=True)
@@ -146,6 +161,7 @@ def few_shot_curve(
                 known.baseline_mean if known else float(np.mean(theirs)),
                 known.baseline_std if known else float(np.std(theirs)),
                 len(ours),
+                float(np.mean(accepted)) if accepted else None,
             )
         )
     return Curve(name, baseline_name, len(test), points)

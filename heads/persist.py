@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import FeatureError, UntrustedFileError
+from .ood import OODScorer
 from .train import TrainedHead
 
 TRUSTED_TYPES = [
@@ -31,6 +32,8 @@ class HeadInfo:
     C: float
     dim: int
     backbone: dict  # model, version, digest of the cached embeddings it was trained on
+    # its out-of-distribution scorer (ood.npz beside it): kind, threshold, k, calibration
+    ood: dict = field(default_factory=dict)
 
     def check_backbone(self, backbone: dict) -> None:
         if backbone.get("digest") != self.backbone.get("digest"):
@@ -42,18 +45,38 @@ class HeadInfo:
             )
 
 
-def save_head(head: TrainedHead, folder: str | Path, backbone: dict, dim: int) -> Path:
-    """head.skops + head.json in `folder`."""
+def save_head(head: TrainedHead, folder: str | Path, backbone: dict, dim: int,
+              ood: OODScorer | None = None) -> Path:  # fmt: skip
+    """head.skops + head.json (and ood.npz, its OOD scorer's arrays) in `folder`."""
     import skops.io
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    info = HeadInfo([str(c) for c in head.classes], head.config.kind, head.C, dim, backbone)
+    described = {} if ood is None else {"kind": ood.kind, "threshold": ood.threshold,
+                                        "k": ood.k, "calibration": ood.calibration}  # fmt: skip
+    info = HeadInfo([str(c) for c in head.classes], head.config.kind, head.C, dim, backbone,
+                    described)  # fmt: skip
     skops.io.dump(head.pipeline, folder / ".head.skops.tmp")
+    if ood is not None:
+        np.savez(folder / ".ood.tmp.npz", **ood.arrays)
     (folder / ".head.json.tmp").write_text(json.dumps(info.__dict__, indent=2) + "\n")
-    os.replace(folder / ".head.skops.tmp", folder / "head.skops")  # both written before either
-    os.replace(folder / ".head.json.tmp", folder / "head.json")  # replaces the old pair
+    os.replace(folder / ".head.skops.tmp", folder / "head.skops")  # all written before any
+    if ood is not None:
+        os.replace(folder / ".ood.tmp.npz", folder / "ood.npz")
+    else:
+        (folder / "ood.npz").unlink(missing_ok=True)
+    os.replace(folder / ".head.json.tmp", folder / "head.json")  # replaces the old set
     return folder
+
+
+def load_ood(folder: str | Path, info: HeadInfo) -> OODScorer | None:
+    """The head's OOD scorer, or None for a head saved without one (arrays only: no pickle)."""
+    if not info.ood:
+        return None
+    with np.load(Path(folder) / "ood.npz", allow_pickle=False) as saved:
+        arrays = {k: saved[k] for k in saved.files}
+    o = info.ood
+    return OODScorer(o["kind"], arrays, float(o["threshold"]), int(o["k"]), o["calibration"])
 
 
 # Nodes of a skops file that hold plain data; every other node names a type or a function,

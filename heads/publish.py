@@ -22,7 +22,8 @@ from embedder.core.manifest import HeadSpec, Manifest, sha256_file, staged_versi
 from .candidates import Part, features_digest
 from .compose import feature_graph
 from .errors import FeatureError, HeadError
-from .persist import head_to_onnx, load_head
+from .ood_graph import ood_graph
+from .persist import head_to_onnx, load_head, load_ood
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -93,6 +94,20 @@ def _with_heads(model, manifest: Manifest, digest: str, source: Path, heads: dic
         outputs = keep
         score_kind = "probability" if info.kind == "logreg" else "decision"
         specs[head_name] = HeadSpec(tuple(info.classes), info.kind, scores, score_kind, digest)
+        scorer = load_ood(folder, info)
+        if scorer is not None:  # the head's OOD score, one (N,) output beside its scores
+            graph = onnx.compose.add_prefix(
+                ood_graph(scorer, manifest.dim, opset, model.ir_version), f"{head_name}/ood/"
+            )
+            ood = f"{head_name}/ood/ood_score"
+            outputs = [*outputs, ood]
+            model = onnx.compose.merge_models(
+                model, graph, io_map=[("features", f"{head_name}/ood/features")], outputs=outputs
+            )
+            specs[head_name] = dataclasses.replace(
+                specs[head_name], ood_output=ood, ood_kind=scorer.kind,
+                ood_threshold=scorer.threshold, ood_accept=scorer.calibration["accept_target"],
+            )  # fmt: skip
     return _write(model, manifest, source, target, specs, overwrite)
 
 

@@ -27,6 +27,22 @@ def write_output(path: Path, ids: list[str], embeddings: np.ndarray) -> None:
         raise EmbedderError(f"output {path}: use a .npy or .parquet file name")
 
 
+def classify_lines(sources: list[str], heads) -> list[str]:
+    """One tab-separated line per item and head: source, head, top labels with their scores,
+    and for a head with an OOD scorer its score and `unknown` / `known`."""
+    lines = []
+    for head in heads:
+        for source, top in zip(sources, head.items, strict=True):
+            labels = " ".join(f"{label}:{score:.4g}" for label, score in
+                              zip(top.labels, top.scores, strict=True))  # fmt: skip
+            ood = ""
+            if head.ood_scored:
+                verdict = "unknown" if top.unknown else "known"
+                ood = f"\tood={top.ood_score:.4g}\t{verdict}"
+            lines.append(f"{source}\t{head.head}\t{labels}{ood}")
+    return lines
+
+
 def served_gate(info) -> str:
     """The fidelity gate of the file the server runs (fp32 is the reference: none)."""
     import json
@@ -59,6 +75,12 @@ def client_main(argv: list[str] | None = None) -> int:
     e.add_argument("--normalize", action="store_true")
     e.add_argument("--truncate-dim", type=int, default=0)
     e.add_argument("--batch-size", type=int, default=32)
+    c = sub.add_parser("classify", help="the published heads' top labels for image files, and "
+                       "whether each image is outside what a head learned")  # fmt: skip
+    c.add_argument("--model", required=True, help="a model published with heads")
+    c.add_argument("--images", nargs="+", type=Path, required=True, help="image files")
+    c.add_argument("--head", action="append", default=[], help="only this head (repeatable)")
+    c.add_argument("--top-k", type=int, default=1, help="labels per item and head")
     args = p.parse_args(argv)
     if args.command == "embed" and args.out.suffix not in OUTPUT_SUFFIXES:
         p.error(f"--out {args.out}: use a .npy or .parquet file name")
@@ -69,6 +91,13 @@ def client_main(argv: list[str] | None = None) -> int:
                 for m in client.list_models():
                     print(f"{m.name}/{m.version}\t{m.modality}\t{m.dim}\t{m.precision}\t"
                           f"{','.join(m.providers)}\t{served_gate(m)}")  # fmt: skip
+                return 0
+            if args.command == "classify":
+                from embedder.client.messages import image_item
+
+                items = [image_item(path) for path in args.images]
+                heads = client.classify(args.model, items, args.head, args.top_k)
+                print("\n".join(classify_lines([str(p) for p in args.images], heads)))
                 return 0
             options = dict(
                 normalize=args.normalize, truncate_dim=args.truncate_dim, batch_size=args.batch_size

@@ -173,7 +173,8 @@ def join_heads(answers: list[pb.ClassifyResponse]) -> list[pb.HeadResult]:
     """The per-head results of consecutive ClassifyResponses as one result per head."""
     if not answers:
         return []
-    joined = [pb.HeadResult(head=h.head, score_kind=h.score_kind) for h in answers[0].heads]
+    joined = [pb.HeadResult(head=h.head, score_kind=h.score_kind, ood_scored=h.ood_scored,
+                            ood_threshold=h.ood_threshold) for h in answers[0].heads]  # fmt: skip
     for answer in answers:
         for out, part in zip(joined, answer.heads, strict=True):
             out.items.extend(part.items)

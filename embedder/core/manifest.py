@@ -115,6 +115,12 @@ class HeadSpec:
     scores_output: str  # graph output with (N, classes) scores
     score_kind: Literal["probability", "decision"]
     trained_on: str  # digest of the backbone embeddings the head was trained on
+    # Out of distribution: an (N,) graph output, higher = more unusual; above the threshold
+    # an item is `unknown` (calibrated to accept ood_accept of in-distribution items).
+    ood_output: str = ""
+    ood_kind: str = ""
+    ood_threshold: float | None = None
+    ood_accept: float | None = None
 
 
 @dataclass(frozen=True)

@@ -109,8 +109,11 @@ class ModelSession:
 
     @property
     def output_names(self) -> list[str]:
-        """features, then each published head's scores (in manifest order)."""
-        return ["features", *(h.scores_output for h in self.manifest.heads.values())]
+        """features, then each published head's scores and its OOD score (manifest order)."""
+        names = ["features"]
+        for head in self.manifest.heads.values():
+            names += [head.scores_output, *([head.ood_output] if head.ood_output else [])]
+        return names
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """(N, dim) features, with each head's (N, classes) scores appended as columns."""

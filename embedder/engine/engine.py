@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -63,6 +63,11 @@ class HeadScores:
     score_kind: str  # probability or decision
     labels: list[list[str]]  # per item, best first
     scores: list[list[float]]
+    # Out of distribution, for a head published with a scorer (else None): per item, the
+    # score (higher = more unusual) and whether it is over the head's threshold.
+    ood_scores: list[float] | None = None
+    unknown: list[bool] | None = None
+    ood_threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,7 @@ class Inferred:
     features: np.ndarray  # (N, dim) float32
     scores: dict[str, np.ndarray]  # head -> (N, classes) float32, for a published model
     timing: Timing
+    ood: dict[str, np.ndarray] = field(default_factory=dict)  # head -> (N,), where scored
 
 
 def raw_item(index: int, item: Any) -> RawItem:
@@ -114,23 +120,33 @@ def finish(embeddings: np.ndarray, options: EmbedOptions, normalized: bool) -> n
     return np.ascontiguousarray(embeddings, dtype="<f4")
 
 
-def split_heads(model: LoadedModel, outputs: np.ndarray) -> dict[str, np.ndarray]:
-    """Each head's (N, classes) scores from the model's stacked outputs (features first)."""
-    offset, heads = model.manifest.dim, {}
+def split_heads(model: LoadedModel, outputs: np.ndarray
+                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:  # fmt: skip
+    """Each head's (N, classes) scores, and the (N,) OOD score of each head that has one, from
+    the model's stacked outputs (features first; ModelSession.output_names' order)."""
+    offset, heads, ood = model.manifest.dim, {}, {}
     for name, spec in model.manifest.heads.items():
         heads[name] = outputs[:, offset : offset + len(spec.classes)]
         offset += len(spec.classes)
-    return heads
+        if spec.ood_output:
+            ood[name] = outputs[:, offset]
+            offset += 1
+    return heads, ood
 
 
-def head_scores(model: LoadedModel, name: str, scores: np.ndarray, top_k: int) -> HeadScores:
-    """Top-k labels and scores of head `name`."""
+def head_scores(model: LoadedModel, name: str, scores: np.ndarray, top_k: int,
+                ood: np.ndarray | None) -> HeadScores:  # fmt: skip
+    """Top-k labels and scores of head `name`, with its OOD verdicts where it has a scorer."""
     spec = model.manifest.heads[name]
     k = min(max(1, top_k), len(spec.classes))
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     labels = [[spec.classes[j] for j in row] for row in order]
     values = [scores[i, row].tolist() for i, row in enumerate(order)]
-    return HeadScores(name, spec.score_kind, labels, values)
+    if ood is None:
+        return HeadScores(name, spec.score_kind, labels, values)
+    unknown = (ood > spec.ood_threshold).tolist()
+    return HeadScores(name, spec.score_kind, labels, values, ood.tolist(), unknown,
+                      spec.ood_threshold)  # fmt: skip
 
 
 class Engine:
@@ -216,16 +232,18 @@ class Engine:
                 f"model {m.name!r} has no head {echo((unknown or [''])[0])}; heads: {have}"
             )
         outputs, _, timing, _ = await self._compute(model, items, deadline)
-        scores = split_heads(model, outputs)
-        return Classified([head_scores(model, h, scores[h], top_k) for h in wanted], timing)
+        scores, ood = split_heads(model, outputs)
+        return Classified([head_scores(model, h, scores[h], top_k, ood.get(h)) for h in wanted],
+                          timing)  # fmt: skip
 
     async def infer(self, model: LoadedModel, items: list[Item],
                     deadline: float | None = None) -> Inferred:  # fmt: skip
         outputs, _, timing, _ = await self._compute(model, items, deadline)
         features = np.ascontiguousarray(outputs[:, : model.manifest.dim], np.float32)
-        scores = {h: np.ascontiguousarray(v, np.float32)
-                  for h, v in split_heads(model, outputs).items()}  # fmt: skip
-        return Inferred(features, scores, timing)
+        heads, ood = split_heads(model, outputs)
+        scores = {h: np.ascontiguousarray(v, np.float32) for h, v in heads.items()}
+        ood = {h: np.ascontiguousarray(v, np.float32) for h, v in ood.items()}
+        return Inferred(features, scores, timing, ood)
 
     async def _compute(self, model: LoadedModel, items: list[Item], deadline: float | None
                        ) -> tuple[np.ndarray, list[bool], Timing, int]:  # fmt: skip

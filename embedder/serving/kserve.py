@@ -123,6 +123,10 @@ def model_metadata(model: LoadedModel, versions: list[str]) -> dict:
         outputs.append(_meta(head, "FP32", [-1, len(spec.classes)],
                              {"classes": classes, "score_kind": spec.score_kind}))  # fmt: skip
         parameters[f"{head}.classes"] = classes
+        if spec.ood_output:
+            ood = {"ood_threshold": spec.ood_threshold, "ood_kind": spec.ood_kind}
+            outputs.append(_meta(ood_name(head), "FP32", [-1], ood))
+            parameters[f"{head}.ood_threshold"] = spec.ood_threshold
     return {"name": m.name, "versions": versions, "platform": "onnxruntime_onnx",
             "inputs": inputs, "outputs": outputs, "parameters": parameters}  # fmt: skip
 
@@ -150,8 +154,21 @@ def engine_items(tensor: Tensor) -> list:
     return texts
 
 
+def ood_name(head: str) -> str:
+    """The KServe output of a head's OOD score: (N,), higher = more unusual."""
+    return f"{head}_ood"
+
+
+def output_names(model: LoadedModel) -> list[str]:
+    """What a request may ask for: the embedding, each head's scores and OOD score."""
+    names = [EMBEDDING]
+    for head, spec in model.manifest.heads.items():
+        names += [head, *([ood_name(head)] if spec.ood_output else [])]
+    return names
+
+
 def check_outputs(model: LoadedModel, requested: list[str]) -> None:
-    available = [EMBEDDING, *model.manifest.heads]
+    available = output_names(model)
     unknown = [n for n in requested if n not in available]
     if unknown:
         raise InputError(f"no output {echo(unknown[0])}; this model has {', '.join(available)}")
@@ -161,7 +178,8 @@ async def infer(engine: Engine, model: LoadedModel, tensor: Tensor, requested: l
                 deadline: float | None = None) -> list[Tensor]:  # fmt: skip
     """The requested outputs (all when none are named, checked by `check_outputs`) of the model
     on its input."""
-    available = [EMBEDDING, *model.manifest.heads]
     result = await engine.infer(model, engine_items(tensor), deadline)
     arrays = {EMBEDDING: result.features, **result.scores}
+    arrays |= {ood_name(h): v for h, v in result.ood.items()}
+    available = output_names(model)
     return [Tensor(n, "FP32", list(arrays[n].shape), arrays[n]) for n in requested or available]

@@ -129,7 +129,8 @@ class KServeServicer:
     def _check_answer_size(self, model, tensor: kserve.Tensor) -> None:
         """Refuse before any work a request whose answer would be over the message limit."""
         n = tensor.shape[0] if tensor.name == "pixels" else len(tensor.data)
-        floats = model.manifest.dim + sum(len(h.classes) for h in model.manifest.heads.values())
+        heads = model.manifest.heads.values()
+        floats = model.manifest.dim + sum(len(h.classes) + bool(h.ood_output) for h in heads)
         size = n * floats * 4 + ANSWER_OVERHEAD
         if size > self.max_message_bytes:
             raise MessageTooLargeError(

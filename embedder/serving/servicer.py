@@ -15,7 +15,7 @@ from dataclasses import asdict
 
 from embedder.core.errors import InputError, MessageTooLargeError
 from embedder.core.inputs import check_item_count, tensor_from_bytes
-from embedder.engine.engine import EmbedOptions, Engine, Timing, output_dim
+from embedder.engine.engine import EmbedOptions, Engine, HeadScores, Timing, output_dim
 from embedder.engine.model import LoadedModel
 from embedder.serving.config import ServerConfig
 from embedder.serving.status import status_for, stream_rpc, unary_rpc
@@ -61,6 +61,19 @@ def timing_message(t: Timing) -> pb.Timing:
     return pb.Timing(queue_ms=t.queue_ms, preprocess_ms=t.preprocess_ms,
                      inference_ms=t.inference_ms, batch_items=t.batch_items,
                      total_ms=t.total_ms)  # fmt: skip
+
+
+def head_result(h: HeadScores) -> pb.HeadResult:
+    """A head's top-k per item, with its OOD verdicts where it has a scorer."""
+    if h.ood_scores is None:
+        items = [pb.TopK(labels=labels, scores=scores)
+                 for labels, scores in zip(h.labels, h.scores, strict=True)]  # fmt: skip
+        return pb.HeadResult(head=h.head, score_kind=h.score_kind, items=items)
+    items = [pb.TopK(labels=labels, scores=scores, ood_score=ood, unknown=unknown)
+             for labels, scores, ood, unknown in zip(h.labels, h.scores, h.ood_scores, h.unknown,
+                                                     strict=True)]  # fmt: skip
+    return pb.HeadResult(head=h.head, score_kind=h.score_kind, items=items, ood_scored=True,
+                         ood_threshold=h.ood_threshold)  # fmt: skip
 
 
 def ids_of(items) -> list[str]:
@@ -128,12 +141,7 @@ class EmbedderServicer(pb_grpc.EmbedderServicer):
         items = engine_items(request.items)
         result = await self.engine.classify(model, items, list(request.heads), request.top_k,
                                             _deadline(context))  # fmt: skip
-        heads = [
-            pb.HeadResult(head=h.head, score_kind=h.score_kind, items=[
-                pb.TopK(labels=labels, scores=scores)
-                for labels, scores in zip(h.labels, h.scores, strict=True)])
-            for h in result.heads
-        ]  # fmt: skip
+        heads = [head_result(h) for h in result.heads]
         m = model.manifest
         return pb.ClassifyResponse(
             model=m.name, version=m.version, request_id=request.request_id,

@@ -36,7 +36,8 @@ def test_train_predict_and_backbone_check(tmp_path, capsys):
     assert "CV accuracy" in capsys.readouterr().out
     assert main(["predict", "--head", str(tmp_path / "head"), "--features", str(data)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 400 and lines[0].endswith("\t0")
+    assert len(lines) == 400 and lines[0].split("\t")[1] == "0"
+    assert all(line.split("\t")[-1] in ("known", "unknown") for line in lines)  # its OOD scorer
     other = _dataset(tmp_path / "b", model="x")
     assert main(["predict", "--head", str(tmp_path / "head"), "--features", str(other)]) == 2
     assert "embed the data with the head's backbone" in capsys.readouterr().err

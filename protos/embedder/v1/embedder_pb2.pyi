@@ -177,22 +177,30 @@ class ClassifyRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., heads: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class TopK(_message.Message):
-    __slots__ = ("labels", "scores")
+    __slots__ = ("labels", "scores", "ood_score", "unknown")
     LABELS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
+    OOD_SCORE_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_FIELD_NUMBER: _ClassVar[int]
     labels: _containers.RepeatedScalarFieldContainer[str]
     scores: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, labels: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ...) -> None: ...
+    ood_score: float
+    unknown: bool
+    def __init__(self, labels: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., ood_score: _Optional[float] = ..., unknown: _Optional[bool] = ...) -> None: ...
 
 class HeadResult(_message.Message):
-    __slots__ = ("head", "score_kind", "items")
+    __slots__ = ("head", "score_kind", "items", "ood_scored", "ood_threshold")
     HEAD_FIELD_NUMBER: _ClassVar[int]
     SCORE_KIND_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    OOD_SCORED_FIELD_NUMBER: _ClassVar[int]
+    OOD_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     head: str
     score_kind: str
     items: _containers.RepeatedCompositeFieldContainer[TopK]
-    def __init__(self, head: _Optional[str] = ..., score_kind: _Optional[str] = ..., items: _Optional[_Iterable[_Union[TopK, _Mapping]]] = ...) -> None: ...
+    ood_scored: bool
+    ood_threshold: float
+    def __init__(self, head: _Optional[str] = ..., score_kind: _Optional[str] = ..., items: _Optional[_Iterable[_Union[TopK, _Mapping]]] = ..., ood_scored: _Optional[bool] = ..., ood_threshold: _Optional[float] = ...) -> None: ...
 
 class ClassifyResponse(_message.Message):
     __slots__ = ("model", "version", "heads", "ids", "timing", "request_id")

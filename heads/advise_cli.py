@@ -1,0 +1,110 @@
+"""`embedder-heads advise`: which backbone, cut points and head suit the user's labelled data,
+measured on it (heads/advise.py), reported (advice_report.py), and with --publish served."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .cli_args import at_least_2, grey_pixels
+from .errors import HeadError
+from .train import train_head
+
+
+def _advise_items(args: argparse.Namespace) -> tuple[list, object]:
+    """The labelled items, and a function making the from-scratch baseline of the rows."""
+    from embedder.features.sources import image_folder, text_table
+
+    from .fewshot import pixel_baseline, tfidf_baseline
+
+    if args.images:
+        if not args.labels_from_folders:
+            raise HeadError("advise needs labels: give --labels-from-folders (one sub-folder "
+                            "per class)")  # fmt: skip
+        items = list(image_folder(args.images, labels_from_folders=True))
+        return items, lambda sources: (
+            pixel_baseline(grey_pixels(sources, args.pixels)),
+            "raw pixels",
+        )
+    if not args.label_column:
+        raise HeadError("advise needs labels: give --label-column")
+    items = list(text_table(args.texts, args.text_column, args.label_column))
+    text_of = {i.source: i.text for i in items}
+    return items, lambda sources: (tfidf_baseline([text_of[s] for s in sources]), "TF-IDF")
+
+
+def cmd_advise(args: argparse.Namespace) -> None:
+    from embedder.features import FeaturesConfig
+
+    from . import advice_report
+    from .advise import AdviseConfig, advise
+    from .advise_inputs import embed_backbones
+
+    items, baseline_of = _advise_items(args)
+    backbones = [b for b in args.backbones.split(",") if b]
+    features = FeaturesConfig(repo=args.repo, cache=args.cache, progress=not args.no_progress,
+                              run_name=args.run_name)  # fmt: skip
+    embedded = embed_backbones(items, backbones, features)
+    baseline, baseline_name = baseline_of(embedded.sources)
+    config = AdviseConfig(folds=args.folds, top=args.top, seed=args.seed)
+    advice = advise(embedded.sets, embedded.y, baseline, baseline_name, config)
+    advice.seconds = {"batch export": embedded.seconds, **advice.seconds}
+    print(advice_report.table(advice), "\n", advice_report.summary(advice), sep="\n")
+    files = advice_report.write(advice, args.out)
+    print("\n" + ", ".join(f"{k}: {v}" for k, v in files.items()))
+    if args.publish:
+        target = publish_winner(advice, embedded.y, config, args)
+        print(f"published the winner -> {target}")
+
+
+def publish_winner(advice, y, config, args: argparse.Namespace) -> Path:
+    """The winner's head trained on every item with its OOD scorer, saved, and composed with
+    its features' graph."""
+    from .ood import fit_ood
+    from .persist import save_head
+    from .publish import publish_features
+
+    winner = advice.winner
+    head = train_head(winner.features.X, y, config.head(winner.head))
+    scorer = fit_ood(winner.features.X, y)
+    backbone = {"model": winner.features.name, "version": "", "digest": winner.features.digest}
+    folder = save_head(head, args.out / "head", backbone, winner.features.dim, scorer)
+    return publish_features(args.repo, winner.features.parts, {args.head_name: folder},
+                            args.publish, overwrite=True)  # fmt: skip
+
+
+def add_advise_parser(sub) -> None:
+    a = sub.add_parser(
+        "advise",
+        help="which backbone, layers and head suit your labelled data: LogME screen, nested "
+        "CV, few-shot curves; --publish serves the winner",
+    )
+    source = a.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", type=Path, help="a folder of images, one sub-folder a class")
+    source.add_argument("--texts", type=Path, help="a CSV, JSONL or Parquet table of texts")
+    a.add_argument("--labels-from-folders", action="store_true", help="--images: label = folder")
+    a.add_argument("--text-column", default="text", help="--texts: the texts' column")
+    a.add_argument("--label-column", help="--texts: the labels' column")
+    a.add_argument(
+        "--backbones",
+        required=True,
+        help="models in --repo, comma-separated; export them with --layers auto to compare "
+        "their cut points (embedder-export export NAME --layers auto)",
+    )
+    a.add_argument("--repo", type=Path, default=Path("models"), help="model repository")
+    a.add_argument("--cache", type=Path, default=Path("cache"), help="embedding cache")
+    a.add_argument("--run-name", default="advise", help="the items' run name in the cache")
+    a.add_argument("--out", type=Path, default=Path("out/advise"), help="advice.json, plots")
+    a.add_argument("--folds", type=at_least_2, default=5, help="outer CV folds")
+    a.add_argument(
+        "--top",
+        type=int,
+        default=3,
+        help="feature sets cross-validated by LogME rank, besides the default cuts",
+    )
+    a.add_argument("--pixels", type=int, default=32, help="raw-pixel baseline side (grey)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--publish", metavar="NAME", help="serve the winner as model NAME in --repo")
+    a.add_argument("--head-name", default="head", help="the published head's name")
+    a.add_argument("--no-progress", action="store_true", help="no progress bars")
+    a.set_defaults(run=cmd_advise)
