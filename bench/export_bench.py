@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from embedder.cache import CacheIdentity, EmbeddingCache, load_features  # noqa: E402
 from embedder.core.inputs import Preprocessor  # noqa: E402
 from embedder.core.preprocess import preprocess_image_bytes  # noqa: E402
+from embedder.core.sources import image_folder  # noqa: E402
 from embedder.features import FeaturesConfig, export_features  # noqa: E402
 from embedder.features.local import batch_session  # noqa: E402
 from embedder.features.prepare import make_preparer  # noqa: E402
-from embedder.features.sources import image_folder  # noqa: E402
 
 
 def make_photos(folder: Path, n: int) -> list[Path]:

@@ -25,10 +25,10 @@ from ort_cuda import host_io, ready_inputs
 
 from embedder.core.inputs import Preprocessor
 from embedder.core.repository import model_folder
+from embedder.core.sources import image_folder, text_table
 from embedder.features import FeaturesConfig
 from embedder.features.local import batch_session
 from embedder.features.prepare import make_preparer, prepare_in_worker, process_pool
-from embedder.features.sources import image_folder, text_table
 
 
 def prepare_threads(config: FeaturesConfig, items: list, cores: int) -> float:

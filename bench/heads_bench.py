@@ -26,8 +26,8 @@ from sklearn.metrics import f1_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from embedder.cache import content_key, load_features  # noqa: E402
+from embedder.core.sources import SourceItem  # noqa: E402
 from embedder.features import FeaturesConfig, export_features  # noqa: E402
-from embedder.features.sources import SourceItem  # noqa: E402
 from heads import HeadConfig, train_head  # noqa: E402
 from heads.crossval import cross_predict, outer_folds  # noqa: E402
 from heads.datasets import bbc_news, digits, lfw_faces  # noqa: E402

@@ -45,7 +45,7 @@ def embed_images(folder: Path, model: str, repo: Path, cache: Path, labels: bool
 
 
 def embed_texts(texts: list[str], labels, model: str, repo: Path, cache: Path, name: str):
-    from embedder.features.sources import SourceItem
+    from embedder.core.sources import SourceItem
 
     items = [SourceItem(f"{name}:{i}", None if labels is None else str(labels[i]), text=t)
              for i, t in enumerate(texts)]  # fmt: skip

@@ -1,6 +1,9 @@
 """The main job, end to end on the embedded defaults.
 
-1. Export every default backbone (fp32 + fp16 + int8) into a model repository; print a table.
+1. Export what it shows into a model repository (fp32; kept when already there, --fresh
+   re-exports): MobileNetV2 and MiniLM, and the three image backbones at four cut points each
+   for the advisor; print a table. `embedder-export defaults --variants fp16,int8` exports
+   every default backbone with its reduced-precision files and their fidelity gates.
 2. Write a bundled labelled dataset (scikit-image's faces / non-faces) to image files and
    batch-export it with MobileNetV2 into the embedding cache.
 3. Train a logistic-regression head on the cached embeddings: held-out accuracy, a few-shot
@@ -14,8 +17,8 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import dataclasses
 import io
 import shutil
 import sys
@@ -25,28 +28,36 @@ import numpy as np
 
 from embedder.core.vectors import unit_rows
 
-
-def export_defaults(repo: Path) -> None:
-    # export/ is the only package that imports torch; the demo orchestrates, it does not serve.
-    from export.cli import export_defaults as export_all
-    from export.pipeline import ExportConfig
-
-    table = export_all(ExportConfig("", repo=repo, variants=("fp16", "int8"), overwrite=True))
-    print(f"\nModel repository: {repo.resolve()}\n")
-    print(table)
-
-
 ADVISED_BACKBONES = ("mobilenet_v2", "efficientnet_lite0", "dinov2_small")
 
 
+def export_models(repo: Path, fresh: bool) -> None:
+    """What the demo shows, exported once (export/ is the only package that imports torch: the
+    demo orchestrates it, it does not serve)."""
+    from embedder.core.manifest import Manifest
+    from export.cli import format_table, result_row
+    from export.pipeline import ExportConfig, ExportResult, export_backbone
+
+    wanted = [ExportConfig(n, repo=repo) for n in ("mobilenet_v2", "minilm_l6")]
+    wanted += [ExportConfig(n, repo=repo, layers=("auto",)) for n in ADVISED_BACKBONES]
+    results = []
+    for config in wanted:
+        folder = repo / (config.name + ("_layers" if config.layers else "")) / "1"
+        if (folder / "manifest.json").is_file() and not fresh:
+            size = sum(p.stat().st_size for p in folder.iterdir())
+            results.append(ExportResult(Manifest.read(folder), folder, size))
+            continue
+        print(f"exporting {folder.parent.name} ...", file=sys.stderr, flush=True)
+        results.append(export_backbone(dataclasses.replace(config, overwrite=True)))
+    print(f"\nModel repository: {repo.resolve()}\n")
+    print(format_table([result_row(r) for r in results]))
+
+
 def advise_on_faces(repo: Path, cache: Path, data: Path, out: Path) -> None:
-    """Every image backbone at its `--layers auto` cut points, then `embedder-heads advise`
-    on the faces data, publishing the winner as faces_advised."""
-    from export.pipeline import ExportConfig, export_backbone
+    """`embedder-heads advise` on the faces data with the three image backbones at their
+    `--layers auto` cut points, publishing the winner as faces_advised."""
     from heads.cli import main as heads_main
 
-    for name in ADVISED_BACKBONES:
-        export_backbone(ExportConfig(name, repo=repo, layers=("auto",), overwrite=True))
     print("\nWhich backbone, cut points and head for faces vs non-faces (embedder-heads advise):")
     argv = ["advise", "--images", str(data / "lfw_subset"), "--labels-from-folders",
             "--backbones", ",".join(f"{n}_layers" for n in ADVISED_BACKBONES), "--repo",
@@ -94,7 +105,7 @@ async def serve_and_query(repo: Path, faces: list[Path]) -> None:
             photos = sample_photos()
             photos["chelsea_mirrored"] = photos["chelsea"][:, ::-1]
             jpegs = [_jpeg(p) for p in photos.values()]
-            for model in ("mobilenet_v2", "dinov2_small"):
+            for model in ("mobilenet_v2", "dinov2_small_layers"):  # the latter: its default cut
                 vectors = await client.embed_images(model, jpegs)
                 print(f"\nCosine similarity of the sample photos, {model} via gRPC Embed:")
                 print(similarity_table(list(photos), vectors))
@@ -113,8 +124,8 @@ async def serve_and_query(repo: Path, faces: list[Path]) -> None:
 
 def embed_dataset(repo: Path, cache: Path, data: Path):
     from embedder.cache import content_key, load_features
+    from embedder.core.sources import image_folder
     from embedder.features import FeaturesConfig, export_features
-    from embedder.features.sources import image_folder
     from heads.datasets import lfw_faces
 
     folder = data / "lfw_subset"
@@ -191,13 +202,16 @@ async def classify_through_server(client, photos: dict[str, np.ndarray], faces: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="embedder-demo", description=__doc__)
-    parser.add_argument("--repo", type=Path, default=Path("models"), help="model repository")
+    from embedder.core import cli
+
+    parser = cli.parser("embedder-demo", __doc__)
+    cli.add_repo(parser)
     parser.add_argument("--cache", type=Path, default=Path("cache"), help="embedding cache")
     parser.add_argument("--data", type=Path, default=Path("data"), help="datasets written here")
     parser.add_argument("--out", type=Path, default=Path("out"), help="reports, plots, heads")
+    parser.add_argument("--fresh", action="store_true", help="export the models again")
     args = parser.parse_args(argv)
-    export_defaults(args.repo)
+    export_models(args.repo, args.fresh)
     dataset, features, pixels = embed_dataset(args.repo, args.cache, args.data)
     train_and_publish(args.repo, dataset, features, pixels, args.out)
     advise_on_faces(args.repo, args.cache, args.data, args.out)

@@ -8,19 +8,19 @@ from pathlib import Path
 
 from .cli_args import at_least_2, grey_pixels
 from .errors import HeadError
-from .train import train_head
 
 
 def _advise_items(args: argparse.Namespace) -> tuple[list, object]:
     """The labelled items, and a function making the from-scratch baseline of the rows."""
-    from embedder.features.sources import image_folder, text_table
+    from embedder.core.sources import image_folder, text_table
 
     from .fewshot import pixel_baseline, tfidf_baseline
 
     if args.images:
         if not args.labels_from_folders:
-            raise HeadError("advise needs labels: give --labels-from-folders (one sub-folder "
-                            "per class)")  # fmt: skip
+            raise HeadError(
+                "advise needs labels: give --labels-from-folders (one sub-folder per class)"
+            )
         items = list(image_folder(args.images, labels_from_folders=True))
         return items, lambda sources: (
             pixel_baseline(grey_pixels(sources, args.pixels)),
@@ -42,8 +42,9 @@ def cmd_advise(args: argparse.Namespace) -> None:
 
     items, baseline_of = _advise_items(args)
     backbones = [b for b in args.backbones.split(",") if b]
-    features = FeaturesConfig(repo=args.repo, cache=args.cache, progress=not args.no_progress,
-                              run_name=args.run_name)  # fmt: skip
+    features = FeaturesConfig(
+        repo=args.repo, cache=args.cache, progress=not args.no_progress, run_name=args.run_name
+    )
     embedded = embed_backbones(items, backbones, features)
     baseline, baseline_name = baseline_of(embedded.sources)
     config = AdviseConfig(folds=args.folds, top=args.top, seed=args.seed)
@@ -63,14 +64,16 @@ def publish_winner(advice, y, config, args: argparse.Namespace) -> Path:
     from .ood import fit_ood
     from .persist import save_head
     from .publish import publish_features
+    from .train import train_head
 
     winner = advice.winner
     head = train_head(winner.features.X, y, config.head(winner.head))
     scorer = fit_ood(winner.features.X, y)
     backbone = {"model": winner.features.name, "version": "", "digest": winner.features.digest}
     folder = save_head(head, args.out / "head", backbone, winner.features.dim, scorer)
-    return publish_features(args.repo, winner.features.parts, {args.head_name: folder},
-                            args.publish, overwrite=True)  # fmt: skip
+    return publish_features(
+        args.repo, winner.features.parts, {args.head_name: folder}, args.publish, overwrite=True
+    )
 
 
 def add_advise_parser(sub) -> None:

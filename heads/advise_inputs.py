@@ -12,9 +12,9 @@ import numpy as np
 
 from embedder.cache import dataset_folder, load_features
 from embedder.core.inputs import Preprocessor, RawItem
+from embedder.core.sources import SourceItem
 from embedder.features import FeaturesConfig, export_features
 from embedder.features.local import batch_session
-from embedder.features.sources import SourceItem
 
 from .candidates import FeatureSet, Part, backbone_sets
 from .errors import FeatureError, LabelError

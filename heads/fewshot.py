@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse
 from sklearn.model_selection import train_test_split
 
 from .ood import OODConfig, fit_ood
@@ -150,7 +151,9 @@ def few_shot_curve(
                 accepted.append(float((~scorer.unknown(X[test])).mean()))
             if baseline_of is None:
                 Xb_train, Xb_test = baseline(train, test)
-                head = train_head(Xb_train, y[train], base_cfg, few_shot=True)
+                sparse = scipy.sparse.issparse(Xb_train)  # TF-IDF: cannot be centred
+                cfg = replace(base_cfg, scaling="none") if sparse else base_cfg
+                head = train_head(Xb_train, y[train], cfg, few_shot=True)
                 theirs.append(float((head.predict(Xb_test) == y[test]).mean()))
         known = baseline_of.points[i] if baseline_of is not None else None
         points.append(

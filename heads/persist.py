@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FeatureError, UntrustedFileError
+from .errors import FeatureError, HeadError, UntrustedFileError
 from .ood import OODScorer
 from .train import TrainedHead
 
@@ -118,6 +118,9 @@ def load_head(folder: str | Path):
 
     folder = Path(folder)
     path = folder / "head.skops"
+    if not path.is_file():
+        raise HeadError(f"no head at {folder}: give a folder saved by `embedder-heads train "
+                        "--out FOLDER` (head.skops and head.json)")  # fmt: skip
     try:
         unknown = sorted(types_in(path) - set(TRUSTED_TYPES))
     except (OSError, KeyError, ValueError) as exc:  # not a zip, no schema, not JSON

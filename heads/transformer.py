@@ -23,20 +23,26 @@ from embedder.core.vectors import unit_rows
 class Embeddings(TransformerMixin, BaseEstimator):
     def __init__(self, model: str = "mobilenet_v2", repo: str | Path = "models",
                  server: str | None = None, version: str = "", normalize: bool = False,
-                 batch_size: int = 32):  # fmt: skip
+                 batch_size: int = 32, token: str | None = None,
+                 root_cert: bytes | None = None):  # fmt: skip
         self.model = model
         self.repo = repo
         self.server = server
         self.version = version
         self.normalize = normalize
         self.batch_size = batch_size
+        self.token = token  # bearer token of a server started with --token
+        self.root_cert = root_cert  # PEM CA certificate of a server serving TLS
+
+    def _client(self):
+        from embedder.client import EmbedderClient
+
+        return EmbedderClient(self.server, token=self.token, root_cert=self.root_cert)
 
     def fit(self, X, y=None):
         self._session = self._preprocessor = None  # parameters may have changed since the fit
         if self.server:
-            from embedder.client import EmbedderClient
-
-            with EmbedderClient(self.server) as client:
+            with self._client() as client:
                 info = client.model_info(self.model, self.version)
             self.modality_, self.dim_ = info.modality, int(info.dim)
         else:
@@ -60,9 +66,7 @@ class Embeddings(TransformerMixin, BaseEstimator):
         return np.array([f"{self.model}_{i}" for i in range(self.dim_)], dtype=object)
 
     def _via_server(self, items: list) -> np.ndarray:
-        from embedder.client import EmbedderClient
-
-        with EmbedderClient(self.server) as client:
+        with self._client() as client:
             if self.modality_ == "text":
                 return client.embed_texts(
                     self.model, items, batch_size=self.batch_size, version=self.version

@@ -266,6 +266,12 @@ def load_features(path: str | Path, keys=None) -> Features:
         path = path / EMBEDDINGS
     files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
     if not files:
+        one_dataset = path.name == EMBEDDINGS or (path / "dataset.json").exists()
+        inside = [] if one_dataset or not path.is_dir() else sorted(path.glob("**/dataset.json"))
+        if inside:  # a cache root or a model's folder: which of its datasets?
+            found = ", ".join(str(p.parent) for p in inside[:5])
+            raise CacheError(f"{path} holds {len(inside)} cached datasets, not one: pass one of "
+                             f"them or its runs/<name>.parquet ({found})")  # fmt: skip
         raise CacheError(f"no embedding shards under {path}; run the batch export first")
     table = _unique_keys(pq.ParquetDataset(files).read())
     if run is not None:

@@ -15,10 +15,10 @@ def check_ranges(config, at_least_one=(), not_negative=()) -> None:
     """Refuse a setting out of range (NaN included) with its name, before anything starts."""
     for name in at_least_one:
         if not getattr(config, name) >= 1:
-            raise ConfigError(f"{name} must be at least 1, got {getattr(config, name)}")
+            raise ConfigError(f"{name} must be at least 1, got {getattr(config, name)}", name)
     for name in not_negative:
         if not getattr(config, name) >= 0:
-            raise ConfigError(f"{name} must be 0 or more, got {getattr(config, name)}")
+            raise ConfigError(f"{name} must be 0 or more, got {getattr(config, name)}", name)
 
 
 @dataclass(frozen=True)

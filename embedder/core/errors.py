@@ -22,7 +22,18 @@ class EmbedderError(Exception):
 
 
 class ConfigError(EmbedderError, ValueError):
-    """A setting is out of its valid range."""
+    """A setting is out of its valid range. `setting`: the config field, which a command line
+    names by its flag (--max-batch-size for max_batch_size)."""
+
+    def __init__(self, message: str, setting: str = ""):
+        super().__init__(message)
+        self.setting = setting
+
+    def for_flags(self) -> str:
+        """The message as a command line should say it: the flag, not the field."""
+        if not self.setting:
+            return str(self)
+        return str(self).replace(self.setting, "--" + self.setting.replace("_", "-"), 1)
 
 
 class ManifestError(EmbedderError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from embedder.core.cli import closest
 from embedder.core.config import SessionConfig
 from embedder.core.errors import EmbedderError, ModelNotFoundError, echo
 from embedder.core.manifest import MANIFEST_NAME, Manifest
@@ -41,8 +42,18 @@ def model_folder(root: str | Path, name: str, version: str = "") -> Path:
     found = base.iterdir() if base.is_dir() else []
     versions = [p.name for p in found if p.is_dir() and not p.name.startswith(".")]
     if not versions:
-        raise ModelNotFoundError(f"no model {echo(name)} in {root}; export it first")
+        have = closest(name, model_names(root)) or "none; export one with embedder-export"
+        raise ModelNotFoundError(f"no model {echo(name)} in {root}; it has: {have}")
     return base / pick_version(name, versions, version)
+
+
+def model_names(root: str | Path) -> list[str]:
+    """The names of the models in the repository at `root`."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p.parent.parent.name for p in root.glob(f"*/*/{MANIFEST_NAME}")
+                  if not p.parent.name.startswith("."))  # fmt: skip
 
 
 def open_model(root: str | Path, name: str, version: str = "",
@@ -61,16 +72,24 @@ class ModelRepository:
         self.models, self.refused = models, refused
 
     @classmethod
-    def load(cls, root: str | Path, config: SessionConfig,
-             buckets: tuple[int, ...] | None = None) -> ModelRepository:  # fmt: skip
+    def load(cls, root: str | Path, config: SessionConfig, buckets: tuple[int, ...] | None = None,
+             names: tuple[str, ...] = ()) -> ModelRepository:  # fmt: skip
+        """Every model in `root`, or only those `names`."""
         root = Path(root)
         if not root.is_dir():
             raise EmbedderError(f"model repository {root} is not a folder; export models first")
+        have = model_names(root)
+        for name in names:
+            if name not in have:
+                raise ModelNotFoundError(f"no model {echo(name)} in {root}; it has: "
+                                         f"{closest(name, have) or 'none'}")  # fmt: skip
         models: dict[str, dict[str, ModelSession]] = {}
         refused: dict[str, str] = {}
         for manifest_path in sorted(root.glob(f"*/*/{MANIFEST_NAME}")):
             folder = manifest_path.parent
             if folder.name.startswith("."):  # an export still in progress
+                continue
+            if names and folder.parent.name not in names:
                 continue
             key = f"{folder.parent.name}/{folder.name}"
             try:
@@ -96,9 +115,8 @@ class ModelRepository:
     def get(self, name: str, version: str = "") -> ModelSession:
         versions = self.models.get(name)
         if not versions:
-            raise ModelNotFoundError(
-                f"unknown model {echo(name)}; loaded: {', '.join(sorted(self.models)) or 'none'}"
-            )
+            loaded = closest(name, sorted(self.models)) or "none"
+            raise ModelNotFoundError(f"unknown model {echo(name)}; loaded: {loaded}")
         return versions[pick_version(name, list(versions), version)]
 
     def all(self) -> list[ModelSession]:

@@ -40,6 +40,7 @@ class BatchingConfig:
 @dataclass(frozen=True)
 class EngineConfig:
     repository: Path = Path("models")
+    models: tuple[str, ...] = ()  # serve only these models of the repository (empty: all)
     session: SessionConfig = field(default_factory=SessionConfig)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     preprocess_threads: int = max(2, os.cpu_count() or 2)

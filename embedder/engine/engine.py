@@ -167,7 +167,7 @@ class Engine:
         refused alone (logged, in `repository.refused`)."""
         c = self.config
         buckets = batch_buckets(c.batching.max_batch_size)
-        repository = ModelRepository.load(c.repository, c.session, buckets)
+        repository = ModelRepository.load(c.repository, c.session, buckets, c.models)
         models = {}  # filled aside: requests may list self.models meanwhile
         for session in repository.all():
             try:

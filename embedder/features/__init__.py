@@ -1,8 +1,8 @@
 """Batch feature export: a dataset embedded into the cache (`embedder-features export`)."""
 
+from embedder.core.sources import SourceItem, image_folder, path_list, text_table
 from embedder.features.config import FeaturesConfig, Summary
 from embedder.features.run import ENGINES, export_features
-from embedder.features.sources import SourceItem, image_folder, path_list, text_table
 
 __all__ = [
     "ENGINES",

@@ -19,11 +19,13 @@ EngineName = Literal["local", "server", "ray"]
 @dataclass(frozen=True)
 class FeaturesConfig:
     repo: Path = Path("models")
-    model: str = "mobilenet_v2"
+    model: str = ""  # a model in `repo` (or on `server`); required
     version: str = ""  # empty: the highest version in the repository
     cache: Path = Path("cache")
     engine: EngineName = "local"
     server: str | None = None  # host:port for engine="server"
+    token: str | None = None  # its bearer token (--token), if it requires one
+    root_cert: bytes | None = None  # PEM CA certificate, if it serves TLS
     batch_size: int = 0  # 0: what suits the model and provider (batch_size_for)
     # One pool of `workers` threads (0: one per core this process may use) reads and decodes
     # chunks of items and runs inference batches, whichever is next: never more busy threads
@@ -63,6 +65,7 @@ class Summary:
     run_file: Path | None = None  # runs/<name>.parquet: this dataset's keys, labels, sources
     # A model exported at several layers: each cut point's run file (the last is run_file's).
     layers: dict[str, Path] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)  # why items failed, counted
 
     def __str__(self) -> str:
         rate = self.embedded / self.seconds if self.seconds else 0.0

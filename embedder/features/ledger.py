@@ -50,9 +50,7 @@ class RunLedger:
             return False
         self._seen.add(key)
         if error is not None:
-            self.summary.failed += 1
-            for writer in self.writers:
-                writer.fail(key, source, error)
+            self._fail(key, source, error)
             return False
         self._members[key] = (label, source)
         if key in self.known:
@@ -69,10 +67,15 @@ class RunLedger:
 
     def failed(self, key: str, source: str, reason: str) -> None:
         """An admitted item the model could not embed after all (e.g. the server refused it)."""
+        self._fail(key, source, reason)
+        self._members.pop(key, None)
+
+    def _fail(self, key: str, source: str, reason: str) -> None:
         self.summary.failed += 1
+        kind = reason.split(":")[0][:80]  # "cannot decode image: ..." counts as one reason
+        self.summary.reasons[kind] = self.summary.reasons.get(kind, 0) + 1
         for writer in self.writers:
             writer.fail(key, source, reason)
-        self._members.pop(key, None)
 
     def flush(self) -> None:
         """Write what is buffered and close the progress bar: on the way out, failed runs too."""

@@ -15,7 +15,7 @@ from embedder.cache import content_key
 from embedder.core.errors import InputError
 from embedder.core.inputs import Preprocessor, RawItem
 from embedder.core.manifest import Manifest
-from embedder.features.sources import SourceItem
+from embedder.core.sources import SourceItem
 
 
 @dataclass
@@ -57,6 +57,18 @@ def _not_unicode(item: SourceItem) -> Prepared:
     except UnicodeEncodeError:
         key = content_key(item.text.encode("utf-8", "surrogatepass"))
         return Prepared(item, key, error="holds a lone surrogate (such as \\ud800): not Unicode")
+
+
+def check_modality(items: list[SourceItem], manifest: Manifest) -> None:
+    """Texts for an image model, or images for a text model, are refused before any work."""
+    texts = sum(item.text is not None for item in items)
+    files = sum(item.path is not None for item in items)
+    if manifest.modality == "image" and texts and not files:
+        raise InputError(f"{manifest.name} is an image model and the source holds texts; "
+                         "give --images (or --paths), or a text model")  # fmt: skip
+    if manifest.modality == "text" and files and not texts:
+        raise InputError(f"{manifest.name} is a text model and the source holds files; give "
+                         "--texts (a table of texts), or an image model")  # fmt: skip
 
 
 def make_preparer(manifest: Manifest, pre: Preprocessor | None, known: Container[str]):

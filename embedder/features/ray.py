@@ -22,11 +22,11 @@ from embedder.core.errors import EmbedderError
 from embedder.core.inputs import Preprocessor
 from embedder.core.manifest import Manifest
 from embedder.core.repository import model_folder
+from embedder.core.sources import SourceItem
 from embedder.features.config import FeaturesConfig, Summary, batch_size_for
 from embedder.features.ledger import RunLedger, dataset_caches
 from embedder.features.local import batch_session, planned_identities, session_identities
-from embedder.features.prepare import Prepared, make_preparer
-from embedder.features.sources import SourceItem
+from embedder.features.prepare import Prepared, check_modality, make_preparer
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,7 @@ def export_with_ray(items: list[SourceItem], config: FeaturesConfig) -> Summary:
     ray = _init_ray(config)
     # Known without loading the model; each actor checks its session against it.
     manifest = Manifest.read(model_folder(config.repo, config.model, config.version))
+    check_modality(items, manifest)
     identities = planned_identities(manifest, config)
     batch_size = batch_size_for(config, manifest)
     datasets = dataset_caches(config.cache, manifest, identities)

@@ -28,7 +28,7 @@ class ServerEngine:
             raise EmbedderError("engine 'server' needs --server host:port")
         self.config = config
         try:
-            with EmbedderClient(config.server) as client:
+            with self._client(config, 4 << 20) as client:
                 info = client.model_info(config.model, config.version)
         except grpc.RpcError as exc:
             raise EmbedderError(f"server {config.server}: {exc.code().name}: {exc.details()}; "
@@ -41,10 +41,15 @@ class ServerEngine:
                                             self.manifest.file_sha256(info.precision))]  # fmt: skip
         self.max_bytes = info.batching.max_message_bytes
         self.max_items = info.batching.max_items_per_request
-        self.client = EmbedderClient(config.server, max_message_bytes=self.max_bytes)
+        self.client = self._client(config, self.max_bytes)
         self.in_flight = worker_count(config)
         self.prepare_in_processes = False  # the items are only read and hashed here
         self.kind = "text" if self.manifest.modality == "text" else "image"
+
+    @staticmethod
+    def _client(config: FeaturesConfig, max_bytes: int) -> EmbedderClient:
+        return EmbedderClient(config.server, token=config.token, root_cert=config.root_cert,
+                              max_message_bytes=max_bytes)  # fmt: skip
 
     def embed(self, batch: list[Prepared]) -> tuple[list[np.ndarray], list[tuple[int, str]]]:
         items = [pb.Item(**{self.kind: p.raw}) for p in batch]

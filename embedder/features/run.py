@@ -16,18 +16,20 @@ from contextlib import ExitStack
 
 import numpy as np
 
+from embedder.core.errors import EmbedderError
+from embedder.core.sources import SourceItem
 from embedder.features.config import FeaturesConfig, Summary, batch_size_for, worker_count
 from embedder.features.ledger import RunLedger, dataset_caches
 from embedder.features.local import LocalEngine
 from embedder.features.prepare import (
     Prepared,
+    check_modality,
     make_preparer,
     prepare_in_worker,
     prepare_stream,
     process_pool,
 )
 from embedder.features.remote import ServerEngine
-from embedder.features.sources import SourceItem
 
 Runner = Callable[[list[SourceItem], FeaturesConfig], Summary]
 
@@ -47,6 +49,8 @@ ENGINES: dict[str, Runner] = {
 
 def export_features(items: Iterable[SourceItem], config: FeaturesConfig) -> Summary:
     """Embed every item not already cached; returns what happened."""
+    if not config.model:
+        raise EmbedderError("no model given: name one of the repository's (--model)")
     return ENGINES[config.engine](list(items), config)
 
 
@@ -54,6 +58,7 @@ def run_pooled(items: list[SourceItem], config: FeaturesConfig, engine) -> Summa
     """One pool of worker threads prepares items and runs the engine's batches, whichever is
     next, so decoding and inference never fight over a core; this loop only deduplicates and
     records results, in input order."""
+    check_modality(items, engine.manifest)
     datasets = dataset_caches(config.cache, engine.manifest, engine.identities)
     ledger = RunLedger(datasets, len(items), config.shard_rows, config.progress)
     known = ledger.known

@@ -11,8 +11,8 @@ from server_helpers import running_server
 from embedder.cache import load_features
 from embedder.client import EmbedderClient, image_item
 from embedder.core.manifest import Manifest
+from embedder.core.sources import image_folder
 from embedder.features import FeaturesConfig
-from embedder.features.sources import image_folder
 from heads.advise import AdviseConfig, advise
 from heads.advise_inputs import embed_backbones
 from heads.candidates import FeatureSet, Part, backbone_sets, concatenated

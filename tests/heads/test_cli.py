@@ -156,3 +156,30 @@ def test_train_on_a_missing_path_says_what_to_pass(capsys):
     assert main(["train", "--features", "/missing", "--out", "/tmp/unused-head"]) != 0
     err = capsys.readouterr().err
     assert "no features at /missing" in err and "runs/<name>.parquet" in err
+
+
+def test_errors_name_the_flag_and_the_way_out(tmp_path, capsys):
+    data = _dataset(tmp_path / "a")
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--features", str(data), "--kfold", "1"])
+    assert "folds must be an integer >= 2" in capsys.readouterr().err
+    assert main(["predict", "--head", str(tmp_path / "missing"), "--features", str(data)]) == 2
+    assert "no head at" in capsys.readouterr().err
+    assert main(["train", "--features", str(tmp_path / "a"), "--out", str(tmp_path / "h")]) == 2
+    err = capsys.readouterr().err
+    assert "holds 1 cached datasets, not one" in err and str(data) in err
+
+
+def test_reports_as_json(tmp_path, capsys):
+    data = _dataset(tmp_path / "a")
+    head = tmp_path / "head"
+    argv = ["train", "--features", str(data), "--out", str(head), "--folds", "3", "--json"]
+    assert main(argv) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["kind"] == "logreg" and trained["ood"]["kind"] == "mahalanobis"
+    assert main(["predict", "--head", str(head), "--features", str(data), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 400 and {"source", "label", "ood_score", "unknown"} <= set(rows[0])
+    assert main(["compare", "--features", str(data), "--folds", "3", "--json"]) == 0
+    (ranked,) = json.loads(capsys.readouterr().out)
+    assert ranked["dim"] == 64 and ranked["mean"] > 0.9

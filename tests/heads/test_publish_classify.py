@@ -9,8 +9,8 @@ from server_helpers import running_server
 from embedder.cache import load_features
 from embedder.client import EmbedderClient, embed_request, image_item
 from embedder.core.manifest import Manifest
+from embedder.core.sources import image_folder
 from embedder.features import FeaturesConfig, export_features
-from embedder.features.sources import image_folder
 from heads import HeadConfig, train_head
 from heads.cli import main as heads_main
 from heads.errors import FeatureError

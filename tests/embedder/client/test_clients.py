@@ -50,8 +50,9 @@ def test_embed_text_lines_to_parquet(tiny_server, tmp_path):
 def test_client_reports_server_errors(tiny_server, tmp_path, capsys):
     argv = ["--server", tiny_server.target, "embed", "--model", "nope", "--texts", __file__,
             "--out", str(tmp_path / "x.npy")]  # fmt: skip
-    assert client_main(argv) == 1
-    assert "NOT_FOUND" in capsys.readouterr().err
+    assert client_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "NOT_FOUND" in err and "tiny_image (closest)" not in err and "tiny_text" in err
     assert client_main(["--server", tiny_server.target, "models"]) == 0
     assert "tiny_image/1\timage\t24\tfp32\tCPUExecutionProvider" in capsys.readouterr().out
 
@@ -152,3 +153,25 @@ def test_cli_refuses_bad_output_and_empty_input_before_any_work(tiny_server, tmp
     texts.write_bytes(b"caf\xe9\n")  # Latin-1, not UTF-8
     assert client_main(argv) == 2
     assert "utf-8" in capsys.readouterr().err
+
+
+def test_cli_reads_a_table_of_texts_and_says_when_no_server_answers(tiny_server, tmp_path,
+                                                                    capsys):  # fmt: skip
+    """A CSV's header is not a text (it was embedded as one); a dead address is named."""
+    table = tmp_path / "news.csv"
+    table.write_text("body,label\nthe cat sat,a\nstock market fell,b\n")
+    out = tmp_path / "v.parquet"
+    argv = ["--server", tiny_server.target, "embed", "--model", "tiny_text", "--texts",
+            str(table), "--text-column", "body", "--out", str(out)]  # fmt: skip
+    assert client_main(argv) == 0
+    assert pq.read_table(out).column("source").to_pylist() == ["the cat sat", "stock market fell"]
+    assert client_main(["--server", "127.0.0.1:1", "models"]) == 2
+    assert "cannot reach embedder-serve at 127.0.0.1:1" in capsys.readouterr().err
+
+
+def test_models_as_json(tiny_server, capsys):
+    import json
+
+    assert client_main(["--server", tiny_server.target, "models", "--json"]) == 0
+    listed = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    assert listed["tiny_text"]["dim"] == 32 and listed["tiny_image"]["precision"] == "fp32"

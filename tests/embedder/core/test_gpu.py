@@ -139,8 +139,8 @@ def test_batch_export_on_the_gpu_caches_the_fp16_file(gpu_repo, tmp_path):
     from PIL import Image
 
     from embedder.cache import load_features, read_identity
+    from embedder.core.sources import image_folder
     from embedder.features import FeaturesConfig, export_features
-    from embedder.features.sources import image_folder
 
     photos = tmp_path / "photos"
     photos.mkdir()

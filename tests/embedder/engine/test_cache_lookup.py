@@ -7,8 +7,8 @@ from PIL import Image
 from server_helpers import running_server
 
 from embedder.client import EmbedderClient, embed_request
+from embedder.core.sources import image_folder
 from embedder.features import FeaturesConfig, export_features
-from embedder.features.sources import image_folder
 from protos.embedder.v1 import embedder_pb2 as pb
 
 

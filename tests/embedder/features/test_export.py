@@ -18,8 +18,8 @@ from PIL import Image
 from embedder.cache import load_features
 from embedder.core.manifest import Manifest
 from embedder.core.preprocess import TextTokenizer, preprocess_image_bytes
+from embedder.core.sources import image_folder, text_table
 from embedder.features import FeaturesConfig, export_features
-from embedder.features.sources import image_folder, text_table
 
 
 @pytest.fixture
@@ -352,7 +352,7 @@ def test_server_engine_keeps_to_the_server_limits_and_fails_an_item_too_big(tiny
 
 
 def test_a_file_that_cannot_be_read_is_recorded_once_over_reruns(tiny_repo, images, tmp_path):
-    from embedder.features.sources import path_list
+    from embedder.core.sources import path_list
 
     listing = tmp_path / "list.txt"
     listing.write_text(f"{images / 'cats' / '0.jpg'}\n{images / 'cats' / 'missing.png'}\n")
@@ -427,7 +427,7 @@ def failure_reasons(dataset) -> dict[str, str]:
 
 def test_a_lone_surrogate_and_a_huge_csv_field_fail_alone(tiny_repo, tmp_path):
     """Fault campaign: each used to abort the whole export with nothing written."""
-    from embedder.features.sources import MAX_FIELD_CHARS
+    from embedder.core.sources import MAX_FIELD_CHARS
 
     jsonl = tmp_path / "texts.jsonl"
     jsonl.write_text('{"text": "the cat sat"}\n{"text": "bad \\ud800 text"}\n{"text": "a dog"}\n')

@@ -12,8 +12,8 @@ from embedder.core.errors import EmbedderError
 from embedder.core.inputs import Preprocessor, RawItem
 from embedder.core.manifest import Manifest
 from embedder.core.runtime import cpu_session
+from embedder.core.sources import image_folder
 from embedder.features import FeaturesConfig, export_features
-from embedder.features.sources import image_folder
 
 LAYERS = ["0", "1", "2"]
 

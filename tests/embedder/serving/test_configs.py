@@ -37,10 +37,11 @@ def test_out_of_range_settings_are_refused(config, setting):
 
 def test_command_lines_report_a_bad_setting_without_a_traceback(tmp_path, capsys):
     assert serve_main(["--repo", str(tmp_path), "--max-batch-size", "0"]) == 2
-    assert "max_batch_size must be at least 1" in capsys.readouterr().err
-    args = ["export", "--images", str(tmp_path), "--cache", str(tmp_path), "--batch-size", "-1"]
+    assert "--max-batch-size must be at least 1" in capsys.readouterr().err  # the flag's name
+    args = ["export", "--images", str(tmp_path), "--model", "m", "--cache", str(tmp_path),
+            "--batch-size", "-1"]  # fmt: skip
     assert features_main(args) == 2
-    assert "batch_size must be 0 or more" in capsys.readouterr().err
+    assert "--batch-size must be 0 or more" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -53,7 +54,7 @@ def test_command_lines_report_a_bad_setting_without_a_traceback(tmp_path, capsys
 )
 def test_export_refuses_flags_that_its_input_would_ignore(flags, complaint, capsys):
     with pytest.raises(SystemExit) as exit_:
-        features_main(["export", *flags])
+        features_main(["export", "--model", "m", *flags])
     assert exit_.value.code == 2 and complaint in capsys.readouterr().err
 
 

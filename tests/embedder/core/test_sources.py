@@ -2,7 +2,7 @@
 
 import pytest
 
-from embedder.features.sources import SourceError, image_folder
+from embedder.core.sources import SourceError, image_folder
 
 
 def test_image_folder_lists_images_sorted_with_folder_labels(tmp_path):
@@ -40,7 +40,7 @@ def test_sources_are_written_as_the_folder_was_given(tmp_path, monkeypatch):
 
 
 def test_text_tables_read_a_byte_order_mark_and_refuse_a_missing_column(tmp_path):
-    from embedder.features.sources import text_table
+    from embedder.core.sources import text_table
 
     csv = tmp_path / "excel.csv"
     csv.write_bytes("\ufefftext,label\nthe cat,pets\n".encode())  # Excel's "CSV UTF-8"
@@ -54,7 +54,7 @@ def test_text_tables_read_a_byte_order_mark_and_refuse_a_missing_column(tmp_path
 
 
 def test_path_lists_split_on_newlines_only(tmp_path):
-    from embedder.features.sources import path_list
+    from embedder.core.sources import path_list
 
     listing = tmp_path / "list.txt"
     listing.write_text("a\u2028b.jpg\r\nc.jpg\n\n")
