@@ -108,6 +108,7 @@ def main() -> None:
     p.add_argument("--repo", type=Path, default=Path("models"))
     p.add_argument("--sets", default="digits,faces,bbc")
     p.add_argument("--json", type=Path, help="write every set's advice here")
+    p.add_argument("--keep", type=Path, help="copy each set's advice.json and pictures here")
     args = p.parse_args()
     images = ensure_layers(args.repo, IMAGE_BACKBONES)
     results = {}
@@ -124,6 +125,8 @@ def main() -> None:
                 texts = ensure_layers(args.repo, ("minilm_l6",))
                 source = ["--texts", str(bbc_table(work)), "--label-column", "label"]
                 results[name] = (run(name, source, texts, args.repo, work), texts)
+        for name in results if args.keep else ():
+            shutil.copytree(work / f"out-{name}", args.keep / name, dirs_exist_ok=True)
     print("| set | items | total s | batch export s | LogME s | CV s | few-shot s | winner | "
           "winner % | first backbone's default cut % | errors |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|")

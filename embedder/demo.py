@@ -201,16 +201,20 @@ async def classify_through_server(client, photos: dict[str, np.ndarray], faces: 
               f"{'UNKNOWN' if other.unknown else 'known'}")  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
     from embedder.core import cli
 
-    parser = cli.parser("embedder-demo", __doc__)
+    parser = cli.parser("embedder-demo", __doc__, "  embedder-demo\n  embedder-demo --fresh\n")
     cli.add_repo(parser)
     parser.add_argument("--cache", type=Path, default=Path("cache"), help="embedding cache")
     parser.add_argument("--data", type=Path, default=Path("data"), help="datasets written here")
     parser.add_argument("--out", type=Path, default=Path("out"), help="reports, plots, heads")
     parser.add_argument("--fresh", action="store_true", help="export the models again")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     export_models(args.repo, args.fresh)
     dataset, features, pixels = embed_dataset(args.repo, args.cache, args.data)
     train_and_publish(args.repo, dataset, features, pixels, args.out)

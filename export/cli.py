@@ -145,8 +145,10 @@ def cmd_hf(args: argparse.Namespace) -> None:
 def cmd_onnx(args: argparse.Namespace) -> None:
     preprocess = ImagePreprocess(size=(args.size, args.size), resize_shorter=args.resize or
                                  args.size, mean=tuple(args.mean), std=tuple(args.std))  # fmt: skip
-    backbone, cfg = onnx_file_cfg(args.file, args.name, args.input, args.layer, preprocess,
-                                  args.pooling)  # fmt: skip
+    if args.layer is not None and not args.name:
+        raise ExportError("--name is needed to export a cut (the model's name in --repo)")
+    backbone, cfg = onnx_file_cfg(args.file, args.name or Path(args.file).stem, args.input,
+                                  args.layer, preprocess, args.pooling)  # fmt: skip
     if args.layer is None:
         print("\n".join(backbone.layers()))
         print("\npass one of these tensors as --layer to cut there", file=sys.stderr)
@@ -183,12 +185,15 @@ EXAMPLES = """\
   embedder-export export mobilenet_v2 --layers auto          # -> models/mobilenet_v2_layers/1
   embedder-export defaults --variants fp16,int8 --json
   embedder-export hf ./my-encoder --name my_encoder --max-length 128
+  embedder-export onnx classifier.onnx --input input_image              # lists its cut points
+  embedder-export onnx classifier.onnx --input input_image --name my_vit \\
+      --layer /backbone/layernorm/Add_1_output_0 --pooling cls+mean
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("embedder-export", __doc__, EXAMPLES)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = cli.subcommands(parser)
     p = cli.command(sub, "list", "registered backbones")
     cli.add_json(p)
     p.set_defaults(run=cmd_list)
@@ -196,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("backbone", help="a registered backbone, torchvision:<arch> or timm:<arch>")
     cli.add_json(p)
     p.set_defaults(run=cmd_layers)
-    p = cli.command(sub, "export", "export one backbone", EXAMPLES)
+    p = cli.command(sub, "export", "export one backbone")
     p.add_argument("backbone", help="a registered backbone, torchvision:<arch> or timm:<arch>")
     _output_flags(p)
     p.set_defaults(run=cmd_export)
@@ -220,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-channel standard deviation on 0..1 pixels")  # fmt: skip
     p.add_argument("--pooling", default="cls", choices=("cls", "mean", "cls+mean"),
                    help="token outputs (N, T, C): how they are pooled")  # fmt: skip
-    _output_flags(p, name_required=True)
+    _output_flags(p, name_required=False)
     p.set_defaults(run=cmd_onnx)
     return parser
 

@@ -179,6 +179,11 @@ def export_backbone(
 
 
 def _export_into(staging, config, pcfg, backbone, layers, name, started) -> Manifest:
+    layer = layers[-1]
+    is_default_cut = layer == backbone.default_layer
+    # The source model's own head on the sample photos, before the slow part: wrong weights
+    # fail here, not after an ONNX export and its parity check.
+    sanity = check_sanity(backbone, pcfg) if config.check_sanity and is_default_cut else {}
     model_path = staging / "model.onnx"
     outputs = [layer_output_name(layer) for layer in layers[:-1]] + ["features"]
     backbone.export_onnx(model_path, layers, outputs)
@@ -192,10 +197,7 @@ def _export_into(staging, config, pcfg, backbone, layers, name, started) -> Mani
                                       output)  # fmt: skip
         layer_outputs.append(LayerOutput(layer, output, int(features.shape[1]),
                                          backbone.pooling(layer), diff))  # fmt: skip
-    layer = layers[-1]
     diff = max(o.parity_max_abs_diff for o in layer_outputs)
-    is_default_cut = layer == backbone.default_layer
-    sanity = check_sanity(backbone, pcfg) if config.check_sanity and is_default_cut else {}
     probes = probe_sets(backbone) if config.variants else []
     embed_fp32(probes, session)
     calibration = calibration_feeds(backbone) if "int8" in config.variants else []

@@ -148,7 +148,7 @@ def _conv_recipe(src: Path, dst: Path, graph: onnx.GraphProto, calibration: Feed
     rounded = calibrated_weights(src, calibration_chunks(calibration))
     ranges = fp32_ranges(src, calibration, tmp)
     files, kept, sweep, minimum, passed = {}, {}, {}, {}, {}
-    for k in (k for k in STEM_CANDIDATES if k < convs):
+    for k in sorted(k for k in STEM_CANDIDATES if k < convs):  # shortest first
         files[k] = tmp / f"stem{k}.onnx"
         with quiet_quantiser():
             kept[k] = stem_int8(src, files[k], k, calibration, ranges, rounded)
@@ -158,6 +158,8 @@ def _conv_recipe(src: Path, dst: Path, graph: onnx.GraphProto, calibration: Feed
         minimum[k] = float(cosines.min())
         if probes:
             passed[k] = gate(probes, session)["passed"]
+            if passed[k]:  # the shortest that passes is the choice: no need to try longer
+                break
     stem = choose_stem(sweep, passed)
     shutil.move(files[stem], dst)
     return {

@@ -50,11 +50,14 @@ def cmd_advise(args: argparse.Namespace) -> None:
     config = AdviseConfig(folds=args.folds, top=args.top, seed=args.seed)
     advice = advise(embedded.sets, embedded.y, baseline, baseline_name, config)
     advice.seconds = {"batch export": embedded.seconds, **advice.seconds}
-    print(advice_report.table(advice), "\n", advice_report.summary(advice), sep="\n")
     files = advice_report.write(advice, args.out)
+    target = publish_winner(advice, embedded.y, config, args) if args.publish else None
+    if args.json:
+        print(advice_report.to_json(advice))
+        return
+    print(advice_report.table(advice), "\n", advice_report.summary(advice), sep="\n")
     print("\n" + ", ".join(f"{k}: {v}" for k, v in files.items()))
-    if args.publish:
-        target = publish_winner(advice, embedded.y, config, args)
+    if target:
         print(f"published the winner -> {target}")
 
 
@@ -76,11 +79,24 @@ def publish_winner(advice, y, config, args: argparse.Namespace) -> Path:
     )
 
 
+EXAMPLES = """\
+  embedder-export export mobilenet_v2 --layers auto
+  embedder-heads advise --images photos/ --labels-from-folders \\
+      --backbones mobilenet_v2_layers,dinov2_small_layers --out out/advise --publish photos_best
+  embedder-heads advise --texts news.csv --text-column body --label-column topic \\
+      --backbones minilm_l6_layers --json
+"""
+
+
 def add_advise_parser(sub) -> None:
-    a = sub.add_parser(
+    from embedder.core import cli
+
+    a = cli.command(
+        sub,
         "advise",
-        help="which backbone, layers and head suit your labelled data: LogME screen, nested "
+        "which backbone, layers and head suit your labelled data: LogME screen, nested "
         "CV, few-shot curves; --publish serves the winner",
+        EXAMPLES,
     )
     source = a.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", type=Path, help="a folder of images, one sub-folder a class")
@@ -94,7 +110,7 @@ def add_advise_parser(sub) -> None:
         help="models in --repo, comma-separated; export them with --layers auto to compare "
         "their cut points (embedder-export export NAME --layers auto)",
     )
-    a.add_argument("--repo", type=Path, default=Path("models"), help="model repository")
+    cli.add_repo(a)
     a.add_argument("--cache", type=Path, default=Path("cache"), help="embedding cache")
     a.add_argument("--run-name", default="advise", help="the items' run name in the cache")
     a.add_argument("--out", type=Path, default=Path("out/advise"), help="advice.json, plots")
@@ -106,8 +122,9 @@ def add_advise_parser(sub) -> None:
         help="feature sets cross-validated by LogME rank, besides the default cuts",
     )
     a.add_argument("--pixels", type=int, default=32, help="raw-pixel baseline side (grey)")
-    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--seed", type=int, default=0, help="folds' and draws' seed")
     a.add_argument("--publish", metavar="NAME", help="serve the winner as model NAME in --repo")
     a.add_argument("--head-name", default="head", help="the published head's name")
     a.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cli.add_json(a)
     a.set_defaults(run=cmd_advise)

@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     from embedder.core import cli
 
     p = cli.parser("embedder-heads", __doc__, EXAMPLES)
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = cli.subcommands(p)
     t = cli.command(
         sub, "train", "choose C by CV, refit, save head.skops + head.json with its OOD scorer"
     )

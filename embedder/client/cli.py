@@ -98,7 +98,7 @@ def classify_lines(sources: list[str], heads) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = cli.parser("embedder-client", __doc__, EXAMPLES)
     cli.add_server(p)
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = cli.subcommands(p)
     m = cli.command(sub, "models", "list the served models: name/version, modality, dimension, "
                     "precision, providers, fidelity gate")  # fmt: skip
     cli.add_json(m)

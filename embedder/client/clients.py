@@ -6,6 +6,7 @@ with EmbedderClient("127.0.0.1:50051") as client:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import grpc
@@ -44,29 +45,45 @@ def _stack(parts: list[np.ndarray]) -> np.ndarray:
 
 
 class _Client:
-    """What both clients share: the channel's settings, auth, and the server's limits."""
+    """What both clients share: the channels' settings, auth, and the server's limits.
+
+    `channels=k` opens k connections and spreads calls over them in turn: a server started
+    with `--workers N` balances connections, not calls, so one connection reaches one worker.
+    """
 
     def __init__(self, target: str, token: str | None, root_cert: bytes | None,
-                 timeout: float | None, max_message_bytes: int, aio: bool):  # fmt: skip
+                 timeout: float | None, max_message_bytes: int, aio: bool,
+                 channels: int = 1):  # fmt: skip
+        if channels < 1:
+            raise ValueError(f"channels={channels}: give 1 or more connections")
         creds = _credentials(token, root_cert)
-        args = _channel_args(max_message_bytes)
+        # Channels with the same settings share one connection (gRPC's global subchannel
+        # pool); a pool of each channel's own gives each its own.
+        args = _channel_args(max_message_bytes) + (
+            [("grpc.use_local_subchannel_pool", 1)] if channels > 1 else []
+        )
         module = grpc.aio if aio else grpc
-        self.channel = (module.secure_channel(target, creds, args) if creds
-                        else module.insecure_channel(target, args))  # fmt: skip
-        self.stub = pb_grpc.EmbedderStub(self.channel)
+        self.channels = [module.secure_channel(target, creds, args) if creds
+                         else module.insecure_channel(target, args)
+                         for _ in range(channels)]  # fmt: skip
+        self._stubs = [pb_grpc.EmbedderStub(c) for c in self.channels]
+        self._turn = itertools.cycle(range(channels))
+        self.channel, self.stub = self.channels[0], self._stubs[0]
         # Without TLS the token travels as plain metadata (loopback / trusted networks only).
         self.metadata = [("authorization", f"Bearer {token}")] if token and not creds else None
         self.timeout, self.max_message_bytes = timeout, max_message_bytes
         self._models: dict[tuple[str, str], pb.ModelInfo] = {}  # GetModel, once per model
 
     def _call(self, method: str, request):
-        return getattr(self.stub, method)(request, timeout=self.timeout, metadata=self.metadata)
+        stub = self._stubs[next(self._turn)]
+        return getattr(stub, method)(request, timeout=self.timeout, metadata=self.metadata)
 
 
 class EmbedderClient(_Client):
     def __init__(self, target: str, token: str | None = None, root_cert: bytes | None = None,
-                 timeout: float | None = 60.0, max_message_bytes: int = 64 << 20):  # fmt: skip
-        super().__init__(target, token, root_cert, timeout, max_message_bytes, aio=False)
+                 timeout: float | None = 60.0, max_message_bytes: int = 64 << 20,
+                 channels: int = 1):  # fmt: skip
+        super().__init__(target, token, root_cert, timeout, max_message_bytes, False, channels)
 
     def __enter__(self) -> EmbedderClient:
         return self
@@ -75,7 +92,8 @@ class EmbedderClient(_Client):
         self.close()
 
     def close(self) -> None:
-        self.channel.close()
+        for channel in self.channels:
+            channel.close()
 
     def list_models(self) -> list[pb.ModelInfo]:
         return list(self._call("ListModels", pb.ListModelsRequest()).models)
@@ -120,8 +138,9 @@ class AsyncEmbedderClient(_Client):
     """The asyncio face of EmbedderClient (grpc.aio), on the same planner."""
 
     def __init__(self, target: str, token: str | None = None, root_cert: bytes | None = None,
-                 timeout: float | None = 60.0, max_message_bytes: int = 64 << 20):  # fmt: skip
-        super().__init__(target, token, root_cert, timeout, max_message_bytes, aio=True)
+                 timeout: float | None = 60.0, max_message_bytes: int = 64 << 20,
+                 channels: int = 1):  # fmt: skip
+        super().__init__(target, token, root_cert, timeout, max_message_bytes, True, channels)
 
     async def __aenter__(self) -> AsyncEmbedderClient:
         return self
@@ -130,7 +149,8 @@ class AsyncEmbedderClient(_Client):
         await self.close()
 
     async def close(self) -> None:
-        await self.channel.close()
+        for channel in self.channels:
+            await channel.close()
 
     async def list_models(self) -> list[pb.ModelInfo]:
         return list((await self._call("ListModels", pb.ListModelsRequest())).models)

@@ -14,6 +14,7 @@ import argparse
 import difflib
 import json
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -28,7 +29,13 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if "default" in text or default in (None, "", False, argparse.SUPPRESS):
+        if (
+            "default" in text
+            or default is None
+            or default is False
+            or default == ""
+            or (default is argparse.SUPPRESS)
+        ):
             return text
         if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
             return f"{text} (default: %(default)s)"
@@ -37,15 +44,40 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 
 def parser(prog: str, description: str, examples: str = "") -> argparse.ArgumentParser:
     epilog = f"examples:\n{examples.rstrip()}" if examples else None
-    return argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
-                                   formatter_class=Formatter)  # fmt: skip
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                formatter_class=Formatter)  # fmt: skip
+    p.examples = examples
+    return p
+
+
+def subcommands(p: argparse.ArgumentParser):
+    """The sub-command set of `p`; each `command` in it shows its own lines of p's examples."""
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.examples = getattr(p, "examples", "")
+    return sub
 
 
 def command(sub, name: str, help: str, examples: str = "") -> argparse.ArgumentParser:
-    """A sub-command with the same formatting, its help, and an examples epilog."""
-    epilog = f"examples:\n{examples.rstrip()}" if examples else None
-    return sub.add_parser(name, help=help, description=help, epilog=epilog,
-                          formatter_class=Formatter)  # fmt: skip
+    """A sub-command with the same formatting, its help, and an examples epilog: the lines of
+    `examples` (the whole tool's, usually) that run this sub-command, with any `VAR=` lines."""
+    p = sub.add_parser(name, help=help, description=help, formatter_class=Formatter)
+    examples = examples or getattr(sub, "examples", "")
+    mine = [c for c in _logical_lines(examples) if re.search(rf"{p.prog}(\s|$)", c)]
+    if mine:
+        setup = [c for c in _logical_lines(examples) if re.match(r"\s*[A-Z_]+=\S+\s*$", c)]
+        p.epilog = "examples:\n" + "\n".join(setup + mine)
+    return p
+
+
+def _logical_lines(text: str) -> list[str]:
+    """Lines with their backslash continuations attached."""
+    out: list[str] = []
+    for line in text.rstrip().splitlines():
+        if out and out[-1].endswith("\\"):
+            out[-1] += "\n" + line
+        else:
+            out.append(line)
+    return out
 
 
 def add_repo(p: argparse.ArgumentParser) -> None:

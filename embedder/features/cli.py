@@ -25,7 +25,7 @@ EXAMPLES = """\
 def build_parser() -> argparse.ArgumentParser:
     d = FeaturesConfig()
     p = cli.parser("embedder-features", __doc__, EXAMPLES)
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = cli.subcommands(p)
     e = cli.command(sub, "export", "embed a dataset into the cache (a rerun embeds only what "
                     "is not there yet)", EXAMPLES)  # fmt: skip
     src = e.add_mutually_exclusive_group(required=True)

@@ -66,13 +66,15 @@ class Summary:
     # A model exported at several layers: each cut point's run file (the last is run_file's).
     layers: dict[str, Path] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)  # why items failed, counted
+    nodes: dict[str, int] = field(default_factory=dict)  # ray engine: rows embedded per node id
 
     def __str__(self) -> str:
         rate = self.embedded / self.seconds if self.seconds else 0.0
         text = (f"{self.total} items: {self.embedded} embedded, {self.from_cache} from cache, "
                 f"{self.duplicates} duplicates, {self.failed} failed in {self.seconds:.1f} s "
                 f"({rate:.1f} items/s) -> {self.dataset}")  # fmt: skip
-        return text + "".join(f"\n  layer {k}: {v}" for k, v in self.layers.items())
+        text += "".join(f"\n  layer {k}: {v}" for k, v in self.layers.items())
+        return text + "".join(f"\n  node {k[:12]}: {v} rows" for k, v in self.nodes.items())
 
 
 def worker_count(config: FeaturesConfig) -> int:

@@ -51,6 +51,9 @@ class RayEmbedder:
                 "not the model file the driver opened the cache for; use one provider"
             )
         self.known = known
+        import ray
+
+        self.node = ray.get_runtime_context().get_node_id()  # where the rows were embedded
         m, folder = self.session.manifest, self.session.folder
         self.pre = Preprocessor(m, folder, config.max_image_pixels)
         self.prepare = make_preparer(m, self.pre, known)
@@ -81,6 +84,7 @@ class RayEmbedder:
             "source": [p.item.source for p in prepared],
             "status": status,
             "reason": pa.array(reasons, pa.string()),
+            "node": [self.node] * len(prepared),
         }  # plain Parquet vectors below, not Ray's tensor type
         names = embedding_columns(len(outs))
         return pa.table(
@@ -160,7 +164,10 @@ def export_with_ray(items: list[SourceItem], config: FeaturesConfig) -> Summary:
     rows = [{"source": it.source, "label": it.label, "path": str(it.path) if it.path else None,
              "text": it.text, "error": it.error} for it in items]  # fmt: skip
     known = ledger.known
-    blocks = max(1, len(rows) // max(256, batch_size * 8))
+    # Blocks of at least 256 rows (or 8 batches), and at least two per actor, so that every
+    # actor has work even on a small set.
+    per_block = max(256, batch_size * 8)
+    blocks = max(1, min(len(rows), max(2 * config.ray_actors, len(rows) // per_block)))
     dataset = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
         RayEmbedder,
         fn_constructor_kwargs={"config": config, "known": known, "identities": identities},
@@ -168,6 +175,9 @@ def export_with_ray(items: list[SourceItem], config: FeaturesConfig) -> Summary:
         batch_format="pyarrow",
         concurrency=config.ray_actors,
         num_cpus=1,
+        # Actors over as many nodes as can take them (Ray packs them otherwise), so a node
+        # that dies takes fewer with it and its actors restart where CPUs are free.
+        scheduling_strategy="SPREAD",
     )
     # Rows come back in input order, as on the other engines: the first copy of a duplicate
     # keeps its label and source.
@@ -177,7 +187,9 @@ def export_with_ray(items: list[SourceItem], config: FeaturesConfig) -> Summary:
             _collect(table, ledger)
     finally:
         ledger.flush()
-    return ledger.finish(config.run_name)
+    summary = ledger.finish(config.run_name)
+    log.info("ray: rows embedded per node: %s", summary.nodes)
+    return summary
 
 
 def _collect(table: pa.Table, ledger: RunLedger) -> None:
@@ -185,8 +197,10 @@ def _collect(table: pa.Table, ledger: RunLedger) -> None:
     for name in embedding_columns(len(ledger.caches)):
         vectors = table.column(name).combine_chunks()
         matrices.append(vectors.flatten().to_numpy().reshape(len(vectors), vectors.type.list_size))
-    columns = table.select(["key", "label", "source", "status", "reason"]).to_pylist()
+    columns = table.select(["key", "label", "source", "status", "reason", "node"]).to_pylist()
+    nodes = ledger.summary.nodes
     for i, row in enumerate(columns):
         error = row["reason"] if row["status"] == "failed" else None
         if ledger.admit(row["key"], row["label"], row["source"], error):
             ledger.embedded(row["key"], [m[i] for m in matrices], row["label"], row["source"])
+            nodes[row["node"]] = nodes.get(row["node"], 0) + 1

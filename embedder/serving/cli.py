@@ -19,6 +19,7 @@ EXAMPLES = """\
   embedder-serve --models minilm_l6,mobilenet_v2 --http-address 127.0.0.1:8080
   EMBEDDER_TOKEN=s3cret embedder-serve --address 0.0.0.0:50051 --tls-cert c.pem --tls-key k.pem
   embedder-serve --cpu-precision int8 --metrics-address 9100 --drain-seconds 30
+  embedder-serve --models minilm_l6 --workers 2 --http-address 127.0.0.1:8080
 """
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -89,6 +90,9 @@ def serve_parser() -> argparse.ArgumentParser:
         ("--max-image-pixels", e.max_image_pixels,
          "larger images are refused before decoding (decompression bombs)"),
     )  # fmt: skip
+    numbers += (("--workers", d.workers, "server processes sharing the ports (SO_REUSEPORT) "
+                 "under a supervisor that restarts one that dies; 1 suits a CPU serving heavy "
+                 "models, where onnxruntime already uses every core"),)  # fmt: skip
     for flag, default, help in numbers:
         p.add_argument(flag, type=type(default), default=default, help=help)
     p.add_argument(
@@ -174,6 +178,7 @@ def serve_config(args: argparse.Namespace) -> ServerConfig:
         tls_key=args.tls_key,
         drain_seconds=args.drain_seconds,
         read_timeout_seconds=args.read_timeout_seconds,
+        workers=args.workers,
     )
 
 
@@ -185,7 +190,12 @@ def serve_main(argv: list[str] | None = None) -> int:
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        asyncio.run(serve_forever(serve_config(args)))
+        config = serve_config(args)
+        if config.workers > 1:
+            from embedder.serving.workers import Supervisor
+
+            return Supervisor(config, args.log_level).run()
+        asyncio.run(serve_forever(config))
     except ConfigError as exc:
         print(f"embedder-serve: error: {exc.for_flags()}", file=sys.stderr)
         return 2

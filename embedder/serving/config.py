@@ -26,9 +26,12 @@ class ServerConfig:
     drain_seconds: float = 10.0  # health NOT_SERVING and new work refused, then the port closes
     # HTTP: a request's headers, and then its body, must each arrive within this many seconds.
     read_timeout_seconds: float = 30.0
+    # Server processes on the same ports (SO_REUSEPORT) under a supervisor (serving/workers.py).
+    workers: int = 1
+    reuse_port: bool = False  # set for each worker: its ports are shared with the others
 
     def __post_init__(self) -> None:
-        check_ranges(self, ("max_message_bytes", "read_timeout_seconds"),
+        check_ranges(self, ("max_message_bytes", "read_timeout_seconds", "workers"),
                      not_negative=("drain_seconds",))  # fmt: skip
         self.metrics_host_port()
 

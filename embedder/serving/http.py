@@ -134,6 +134,7 @@ class HttpDoor:
         try:
             self.listener = await loop.create_server(
                 connection, host.strip("[]") or "127.0.0.1", int(port), reuse_address=True,
+                reuse_port=c.reuse_port,
                 ssl=tls, ssl_handshake_timeout=c.read_timeout_seconds if tls else None,
             )  # fmt: skip
         except OSError as exc:

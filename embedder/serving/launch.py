@@ -38,6 +38,21 @@ class ServeProcess:
     def pid(self) -> int:
         return self.proc.pid
 
+    def worker_pids(self) -> list[int]:
+        """With `--workers N`: the worker processes, the supervisor's live children that run
+        the server (multiprocessing may start a resource tracker beside them); Linux only."""
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                command = (stat.parent / "cmdline").read_bytes()
+            except OSError:  # gone meanwhile
+                continue
+            ours = int(fields[1]) == self.pid and fields[0] != "Z"
+            if ours and b"resource_tracker" not in command:
+                found.append(int(stat.parent.name))
+        return sorted(found)
+
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM (a drain of --drain-seconds), then its exit status; killed after `timeout`."""
         if self.proc.poll() is None:

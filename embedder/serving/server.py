@@ -109,7 +109,9 @@ class EmbedderServer:
         options = [
             ("grpc.max_receive_message_length", c.max_message_bytes),
             ("grpc.max_send_message_length", c.max_message_bytes),
-            ("grpc.so_reuseport", 0),  # a second server on a taken port fails, not shares it
+            # A second server on a taken port fails rather than shares it, unless it is one of
+            # --workers N, which share their ports by design.
+            ("grpc.so_reuseport", int(c.reuse_port)),
         ]
         self.server = grpc.aio.server(interceptors=interceptors, options=options)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -183,15 +185,26 @@ class EmbedderServer:
         await self.engine.close()
 
 
-async def serve_forever(config: ServerConfig) -> None:
+def listening_line(port: int, http_port: int | None, workers: int = 1) -> str:
+    """The one line a server prints when every port listens (launch.ServeProcess reads it)."""
+    http = f", HTTP on port {http_port}" if http_port else ""
+    processes = f" ({workers} workers)" if workers > 1 else ""
+    return f"embedder-serve: listening on port {port}{http}{processes}"
+
+
+async def serve_forever(config: ServerConfig, ready=None) -> None:
+    """Serve until SIGTERM / SIGINT, then drain. `ready(port, http_port)` is called once both
+    ports listen (a worker tells its supervisor); without it, the listening line is printed."""
     server = EmbedderServer(config)
     await server.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    http = f", HTTP on port {server.http_port}" if server.http else ""
-    print(f"embedder-serve: listening on port {server.port}{http}", flush=True)
+    if ready is not None:
+        ready(server.port, server.http_port)
+    else:
+        print(listening_line(server.port, server.http_port), flush=True)
     await stopping.wait()
     log.info("draining for %g s: health NOT_SERVING, new requests refused", config.drain_seconds)
     await server.stop()

@@ -30,8 +30,8 @@ def test_default_export_parity_and_manifest(default_repo, name):
     assert (m.modality, m.dim, m.layer) == EXPECTED[name]
     assert m.parity_max_abs_diff <= PARITY[m.modality]
     assert m.source.sha256 == get_pretrained_cfg(name).weights.sha256
-    assert m.variants["fp16"].cosine_to_fp32_min > 0.999
-    assert m.variants["int8"].cosine_to_fp32_min > 0.98  # on the sample photos and sentences
+    if "int8" in m.variants:
+        assert m.variants["int8"].cosine_to_fp32_min > 0.98  # on the sample photos, sentences
 
 
 def test_minilm_int8_passes_its_fidelity_gate(default_repo):
@@ -42,20 +42,24 @@ def test_minilm_int8_passes_its_fidelity_gate(default_repo):
     assert len(variant.recipe["kept_fp32"]) <= quantize.MAX_FP32, variant.recipe
 
 
-def test_efficientnet_lite0_int8_passes_its_fidelity_gate(default_repo):
+@pytest.mark.long
+def test_efficientnet_lite0_int8_passes_its_fidelity_gate(tmp_path):
     """Static QDQ with calibrated rounding and the shortest stem that passed the gate. The gate
     chose it, so it is a selection as well as a report, and its worst faces item moves by up
-    to 0.02 with incidental calibration choices (README). A CPU without VNNI may read lower."""
-    variant = Manifest.read(default_repo / "efficientnet_lite0" / "1").variants["int8"]
+    to 0.02 with incidental calibration choices (export/README.md). A CPU without VNNI may
+    read lower."""
+    result = export_backbone(ExportConfig("efficientnet_lite0", repo=tmp_path, variants=("int8",)))
+    variant = result.manifest.variants["int8"]
     recipe = variant.recipe
     assert variant.gate["passed"], variant.gate_summary()
     assert recipe["scheme"].startswith("static QDQ"), recipe
     stem = len(recipe["kept_fp32"])
     quantised = 49 - stem
     assert recipe["rounding"].startswith(f"calibrated for {quantised} of the {quantised}"), recipe
-    assert set(recipe["stem_gate_passed"]) == {"1", "3", "6", "9"}, recipe
-    passing = [int(k) for k, ok in recipe["stem_gate_passed"].items() if ok]
-    assert recipe["stem_chosen_by"] == "fidelity gate" and stem == min(passing), recipe
+    gated = {int(k): ok for k, ok in recipe["stem_gate_passed"].items()}
+    assert sorted(gated) == [k for k in (1, 3, 6, 9) if k <= stem], recipe  # shortest first
+    assert [k for k, ok in gated.items() if ok] == [stem], recipe  # the first that passed
+    assert recipe["stem_chosen_by"] == "fidelity gate", recipe
 
 
 @pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_lite0"])

@@ -7,7 +7,16 @@ from embedder.serving.launch import ServeProcess
 
 
 def test_a_served_process_loads_neither_torch_nor_sklearn(tiny_repo):
-    flags = ["--repo", tiny_repo, "--address", "127.0.0.1:0", "--log-level", "WARNING"]
+    flags = [
+        "--repo",
+        tiny_repo,
+        "--address",
+        "127.0.0.1:0",
+        "--log-level",
+        "WARNING",
+        "--drain-seconds",
+        "0",
+    ]
     server = ServeProcess(flags, python_flags=("-X", "importtime"), stderr=subprocess.PIPE)
     try:
         with EmbedderClient(server.grpc_target) as client:  # a request's code paths too
