@@ -75,53 +75,54 @@ def to_json(advice: Advice) -> str:
     )
 
 
-def plot_cost(advice: Advice, path: Path) -> Path:
-    """CV accuracy against ms per item, every cross-validated candidate; the winner circled,
-    the default cuts as squares."""
+def short_name(features: str) -> str:
+    """A feature set's name short enough for a plot: `dinov2_small_layers:encoder.layer.5+
+    layernorm` as `dinov2_small L5+ln`."""
+    for long, short in (("_layers", ""), ("encoder.layer.", "L"), ("features.", "f"),
+                        ("blocks.", "b"), ("layernorm", "ln"), (":", " ")):  # fmt: skip
+        features = features.replace(long, short)
+    return features
+
+
+def plot_cost(report: dict, path: Path) -> Path:
+    """CV accuracy against ms per item, every cross-validated candidate of `report` (advice.json
+    as a dict); the winner circled, the default cuts as squares."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
-    measured = [c for c in advice.candidates if c.head]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for c in measured:
-        marker = "s" if c.features.is_default_cut else ("o" if c.head == "logreg" else "^")
-        ax.scatter(
-            c.features.ms_per_item,
-            100 * c.cv_accuracy,
-            marker=marker,
-            s=40,
-            color="tab:orange" if c.features.passes > 1 else "tab:blue",
-        )
-        ax.annotate(
-            f"{c.features.name[:48]} ({c.head})",
-            (c.features.ms_per_item, 100 * c.cv_accuracy),
-            fontsize=6,
-            xytext=(4, 2),
-            textcoords="offset points",
-        )
-    w = advice.winner
-    ax.scatter(
-        w.features.ms_per_item,
-        100 * w.cv_accuracy,
-        s=250,
-        facecolors="none",
-        edgecolors="red",
-        label="winner",
-    )
+    measured = [c for c in report["candidates"] if c["head"]]
+    costs = [c["ms_per_item"] for c in measured]
+    middle = (min(costs) * max(costs)) ** 0.5  # labels point inwards from either side
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for rank, c in enumerate(measured, 1):
+        marker = "s" if c["default_cut"] else ("o" if c["head"] == "logreg" else "^")
+        x, y = c["ms_per_item"], 100 * c["cv_accuracy"]
+        ax.scatter(x, y, marker=marker, s=40,
+                   color="tab:orange" if c["forward_passes"] > 1 else "tab:blue")  # fmt: skip
+        right = x > middle
+        ax.annotate(f"{rank}. {short_name(c['features'])} ({c['head']})", (x, y), fontsize=7,
+                    xytext=(-6 if right else 6, 2), textcoords="offset points",
+                    ha="right" if right else "left")  # fmt: skip
+    w = report["winner"]
+    ax.scatter(w["ms_per_item"], 100 * w["cv_accuracy"], s=250, facecolors="none",
+               edgecolors="red", label="winner")  # fmt: skip
     ax.set_xscale("log")
-    ax.set_xlabel("ms per item (decode + forward passes), log scale")
-    ax.set_ylabel(f"{len(advice.classes)}-class CV accuracy, % (n={advice.n_items})")
-    ax.set_title(
-        "squares: default cuts; o: logistic regression; ^: linear SVM; orange: two backbones",
-        fontsize=8,
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(  # 2, 5, 20, 50, ... labelled too
+        FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else "")
     )
+    ax.set_xlabel("ms per item (decode + forward passes), log scale")
+    ax.set_ylabel(f"{len(report['classes'])}-class CV accuracy, % (n={report['n_items']})")
+    ax.set_title("squares: default cuts; o: logistic regression; ^: linear SVM; "
+                 "orange: two backbones", fontsize=8)  # fmt: skip
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, plt, path)
 
 
-def plot_curves(advice: Advice, path: Path) -> Path:
+def plot_curves(report: dict, path: Path) -> Path:
     """Few-shot accuracy of the best candidates and of the baseline (from the first curve;
     every curve drew the same examples)."""
     import matplotlib
@@ -130,12 +131,13 @@ def plot_curves(advice: Advice, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for i, curve in enumerate(advice.curves):
-        points = [p for p in curve.points if p.k != "all"]
-        ks = [p.k for p in points]
-        ax.plot(ks, [100 * p.mean for p in points], "o-", label=curve.name[:60])
+    for i, curve in enumerate(report["few_shot"]):
+        points = [p for p in curve["points"] if p["k"] != "all"]
+        ks = [p["k"] for p in points]
+        ax.plot(ks, [100 * p["mean"] for p in points], "o-", label=short_name(curve["name"]))
         if i == 0:
-            ax.plot(ks, [100 * p.baseline_mean for p in points], "k--", label=curve.baseline)
+            ax.plot(ks, [100 * p["baseline_mean"] for p in points], "k--",
+                    label=curve["baseline"])  # fmt: skip
     ax.set_xscale("log")
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("examples per class (k)")
@@ -154,9 +156,11 @@ def _save(fig, plt, path: Path) -> Path:
 
 def write(advice: Advice, folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "advice.json").write_text(to_json(advice) + "\n")
+    text = to_json(advice)
+    (folder / "advice.json").write_text(text + "\n")
+    report = json.loads(text)  # the pictures are drawn from what the file says
     return {
         "json": folder / "advice.json",
-        "cost": plot_cost(advice, folder / "advice.png"),
-        "curves": plot_curves(advice, folder / "few_shot.png"),
+        "cost": plot_cost(report, folder / "advice.png"),
+        "curves": plot_curves(report, folder / "few_shot.png"),
     }

@@ -158,6 +158,7 @@ class Engine:
         self.metrics = metrics or Metrics()
         self.repository: ModelRepository | None = None
         self.models: dict[ModelSession, LoadedModel] = {}
+        self._resolved: dict[tuple[str, str], LoadedModel] = {}  # (name, version) asked
         self.accepting = True
         self.started = False  # batchers running: warm-up done
         self._pool = ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="preprocess")
@@ -209,7 +210,10 @@ class Engine:
             raise NotReadyError("the server is shutting down; send new requests to another one")
         if not self.started:
             raise NotReadyError("the server is still loading its models; retry shortly")
-        return self.models[self.repository.get(name, version)]
+        found = self._resolved.get((name, version))  # the set is fixed once started
+        if found is None:
+            found = self._resolved[name, version] = self.models[self.repository.get(name, version)]
+        return found
 
     async def embed(self, model: LoadedModel, items: list[Item],
                     options: EmbedOptions = EmbedOptions(),

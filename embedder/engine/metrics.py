@@ -33,5 +33,17 @@ class Metrics:
             buckets=_MS_BUCKETS, registry=self.registry,
         )  # fmt: skip
 
+        self._request_counters: dict[tuple[str, str], object] = {}
+
+    def count_request(self, protocol: str, method: str) -> None:
+        """One request more; the labelled child is looked up once (labels() takes a lock and
+        builds a key on every call, a cost on every request of the hot path)."""
+        child = self._request_counters.get((protocol, method))
+        if child is None:
+            child = self._request_counters[protocol, method] = self.requests.labels(
+                protocol, method
+            )
+        child.inc()
+
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -164,7 +164,7 @@ class HttpDoor:
         protocol = protocol_of(request.path)
         route = request.match_info.route.resource
         method = route.canonical if route is not None else "unmatched"  # bounded label values
-        self.engine.metrics.requests.labels(protocol, method).inc()
+        self.engine.metrics.count_request(protocol, method)
         try:
             self._check_auth(request)
             return await handler(request)

@@ -136,7 +136,7 @@ def unary_rpc(method):
 
     @functools.wraps(method)
     async def wrapped(self, request, context):
-        self.metrics.requests.labels(self.protocol, name).inc()
+        self.metrics.count_request(self.protocol, name)
         try:
             if type(request) is Malformed:
                 raise request.error
@@ -156,7 +156,7 @@ def stream_rpc(method):
 
     @functools.wraps(method)
     async def wrapped(self, requests, context):
-        self.metrics.requests.labels(self.protocol, name).inc()
+        self.metrics.count_request(self.protocol, name)
         try:
             async for response in method(self, requests, context):
                 yield response

@@ -100,3 +100,36 @@ def test_many_openers_of_a_new_dataset_at_once(tmp_path):
     assert errors == []
     folder = EmbeddingCache(tmp_path, IDENT).folder
     assert sorted(p.name for p in folder.iterdir()) == ["dataset.json"]
+
+
+def _writer(root, worker: int, start) -> None:
+    """One process appending its own rows (and some shared keys) in many small shards."""
+    cache = EmbeddingCache(root, IDENT)
+    rng = np.random.default_rng(worker)
+    start.wait()
+    for shard in range(20):
+        keys = [f"w{worker}-{shard}-{i}" for i in range(5)] + [f"shared-{shard}"]
+        cache.append(keys, rng.standard_normal((6, 8)).astype(np.float32), ["x"] * 6,
+                     ["s"] * 6)  # fmt: skip
+
+
+def test_several_processes_write_one_dataset_at_once(tmp_path):
+    """`embedder-serve --workers N --cache` and parallel batch exports: each writer's shards
+    have names of their own and land whole, so every row of every writer is readable after."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(4)
+    writers = [context.Process(target=_writer, args=(tmp_path, w, start)) for w in range(4)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(60)
+        assert w.exitcode == 0
+    folder = EmbeddingCache(tmp_path, IDENT).folder
+    shards = list((folder / "embeddings").glob("*.parquet"))
+    assert len(shards) == 80 and not list(folder.rglob("*.tmp*"))
+    features = load_features(folder)
+    expected = {f"w{w}-{s}-{i}" for w in range(4) for s in range(20) for i in range(5)}
+    assert set(features.keys) == expected | {f"shared-{s}" for s in range(20)}
+    assert len(features.keys) == len(set(features.keys))  # a key written twice is read once
