@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse
 from sklearn.model_selection import train_test_split
 
-from .ood import OODConfig, fit_ood
+from .ood import MIN_PER_CLASS, OODConfig, fit_ood
 from .train import DEFAULT_CONFIG, HeadConfig, check_features, check_labels, train_head
 
 # (train indices, test indices) -> (train features, test features), fitted on train only
@@ -81,7 +81,7 @@ class Curve:
     def table(self) -> str:
         ood = any(p.ood_accepted is not None for p in self.points)
         extra = (" in-distribution accepted by the OOD threshold |", "---|") if ood else ("", "")
-        rows = [f"| k per class | {self.name} | {self.baseline} | |{extra[0]}",
+        rows = [f"| k per class | {self.name} | {self.baseline} | verdict |{extra[0]}",
                 f"|---|---|---|---|{extra[1]}"]  # fmt: skip
         for p in self.points:
             flag = "negative transfer" if p.baseline_mean > p.mean else ""
@@ -146,7 +146,7 @@ def few_shot_curve(
         for d in range(1 if k == "all" else draws):
             train = pool if k == "all" else _draw(np.random.default_rng([seed, d, k]), pool, y, k)
             ours.append(_score(X, y, train, test, config))
-            if ood is not None and (k == "all" or k >= 2):
+            if ood is not None and (k == "all" or k >= MIN_PER_CLASS):
                 scorer = fit_ood(X[train], y[train], ood)
                 accepted.append(float((~scorer.unknown(X[test])).mean()))
             if baseline_of is None:

@@ -38,6 +38,7 @@ class OODConfig:
 
 
 DEFAULT = OODConfig()
+MIN_PER_CLASS = 3  # so that every calibration fold trains on two or more items of each class
 
 
 @dataclass
@@ -69,6 +70,9 @@ def fit_arrays(kind: OODKind, X: np.ndarray, y: np.ndarray, config: OODConfig) -
     centred = X - means[np.searchsorted(classes, y)]
     covariance = LedoitWolf(assume_centered=True).fit(centred).covariance_
     eigenvalues, vectors = np.linalg.eigh(covariance)  # W W' = covariance^-1, W = V / sqrt(L)
+    if eigenvalues.max() <= 0:
+        raise ValueError("the items do not vary within any class (one distinct item each): "
+                         "a Mahalanobis scorer has no covariance to measure by")  # fmt: skip
     whitening = vectors / np.sqrt(np.maximum(eigenvalues, eigenvalues.max() * 1e-10))
     return {"means": means.astype(np.float32), "whitening": whitening.astype(np.float32)}
 
@@ -89,8 +93,9 @@ def fit_ood(X: np.ndarray, y: np.ndarray, config: OODConfig = DEFAULT) -> OODSco
     y = np.asarray(y)
     smallest = int(np.unique(y, return_counts=True)[1].min())
     folds = min(config.folds, smallest)
-    if folds < 2:
-        raise ValueError("calibrating an OOD threshold needs two items of every class")
+    if smallest < MIN_PER_CLASS:  # each calibration fold's scorer needs a spread per class
+        raise ValueError(f"calibrating an OOD threshold needs {MIN_PER_CLASS} items of every "
+                         f"class (the smallest has {smallest}); train with --ood none")  # fmt: skip
     held_out = np.empty(len(y), np.float64)
     splitter = StratifiedKFold(folds, shuffle=True, random_state=config.seed)
     fold_of = np.empty(len(y), int)

@@ -175,9 +175,6 @@ def export_with_ray(items: list[SourceItem], config: FeaturesConfig) -> Summary:
         batch_format="pyarrow",
         concurrency=config.ray_actors,
         num_cpus=1,
-        # Actors over as many nodes as can take them (Ray packs them otherwise), so a node
-        # that dies takes fewer with it and its actors restart where CPUs are free.
-        scheduling_strategy="SPREAD",
     )
     # Rows come back in input order, as on the other engines: the first copy of a duplicate
     # keeps its label and source.
