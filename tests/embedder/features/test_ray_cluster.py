@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def _images(folder: Path, count: int = 480) -> Path:
 
 
 def _run(cluster: NamespaceCluster, repo: Path, cache: Path, images: Path) -> subprocess.Popen:
-    return cluster.exec(0, ["python", "-c", DRIVER, str(repo), str(cache), cluster.head,
+    return cluster.exec(0, [sys.executable, "-c", DRIVER, str(repo), str(cache), cluster.head,
                             str(images)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                         text=True)  # fmt: skip
 
