@@ -88,3 +88,16 @@ def test_cli_list_and_layers(capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "features.0" and out[-1] == "features.18   (default, --layers auto)"
     assert "features.6   (--layers auto)" in out
+
+
+def test_an_unknown_variant_is_refused_before_any_export(tmp_path, capsys, monkeypatch):
+    """`--variants int4` failed only after the fp32 export and its parity check."""
+    import export.cli
+
+    def never(*args, **kwargs):
+        raise AssertionError("the export started")
+
+    monkeypatch.setattr(export.cli, "export_backbone", never)
+    assert main(["export", "mobilenet_v2", "--variants", "fp16,int4", "--repo", str(tmp_path)]) == 2
+    assert "--variants 'int4': choose from fp16, int8" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -85,3 +85,12 @@ def test_automatic_thread_settings():
     assert (one.batching.inference_streams, one.session.intra_op_threads) == (1, cores)
     fixed = thread_defaults(EngineConfig(session=SessionConfig("cpu", intra_op_threads=3)))
     assert fixed.session.intra_op_threads == 3
+
+
+def test_log_levels_are_taken_in_any_case():
+    """`--log-level debug` was a traceback (argparse's choices are case-sensitive)."""
+    from embedder.serving.cli import serve_parser
+
+    assert serve_parser().parse_args(["--log-level", "debug"]).log_level == "DEBUG"
+    with pytest.raises(SystemExit):
+        serve_parser().parse_args(["--log-level", "chatty"])
