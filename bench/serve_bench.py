@@ -185,15 +185,17 @@ def service(target: str, server_pid: int, repo: Path, name: str, seconds: float,
     return rows
 
 
-def start_server(args: argparse.Namespace) -> ServeProcess:
+def start_server(args: argparse.Namespace, checkout: Path | None = None) -> ServeProcess:
+    """The server of this checkout, or of `checkout` (another one's code, for a before / after)."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)} if checkout else None
     return ServeProcess([
-        "--repo", str(args.repo), "--address", f"127.0.0.1:{args.port}",
+        "--repo", str(args.repo.resolve()), "--address", f"127.0.0.1:{args.port}",
         "--provider", args.provider, "--max-batch-size", str(args.max_batch_size),
         "--max-queue-delay-ms", str(args.max_queue_delay_ms),
         "--inference-streams", str(args.inference_streams),
         "--intra-op-threads", str(args.intra_op_threads), "--log-level", "WARNING",
         *shlex.split(args.serve_args),
-    ])  # fmt: skip
+    ], env=env, cwd=checkout)  # fmt: skip
 
 
 def measure_ceiling(args: argparse.Namespace, name: str, gpu: bool) -> list[dict]:
@@ -202,14 +204,18 @@ def measure_ceiling(args: argparse.Namespace, name: str, gpu: bool) -> list[dict
     return in_process(args.repo, name, args.provider, args.seconds)
 
 
-def measure_service(args: argparse.Namespace, name: str, gpu: bool) -> list[dict]:
-    server = start_server(args)
+def measure_service(args: argparse.Namespace, name: str, gpu: bool,
+                    checkout: Path | None = None) -> list[dict]:  # fmt: skip
+    server = start_server(args, checkout)
     try:
         target = f"127.0.0.1:{args.port}"
         cells = GPU_CELLS if gpu else CPU_CELLS
-        return service(target, server.pid, args.repo, name, args.seconds, cells)
+        rows = service(target, server.pid, args.repo, name, args.seconds, cells)
     finally:
         server.stop(30)
+    for row in rows if checkout else ():
+        row["mode"] = f"service, {checkout.name}"
+    return rows
 
 
 HEADER = """| model | mode | batch | clients | items/s | p50 ms | p99 ms | vs {ceiling} | CPU core-ms / item | CPU bound | busiest server thread / client process, cores |
@@ -235,6 +241,8 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="also write every cell here")
     p.add_argument("--serve-args", default="", help="more embedder-serve flags, e.g. "
                    "'--lone-batch-one-core'")  # fmt: skip
+    p.add_argument("--checkout", type=Path, help="also serve another checkout's code in each "
+                   "round (a before / after; the sides' order turns with the rounds)")  # fmt: skip
     args = p.parse_args()
     gpu = args.provider != "cpu"
     args.max_batch_size = args.max_batch_size or (64 if gpu else 32)
@@ -243,14 +251,16 @@ def main() -> None:
     results = {}
     for name in args.models:
         rounds = []
-        for r in range(args.rounds):  # the ceiling first, then the service first: drift hits both
-            if r % 2 == 0:
-                ceiling_rows = measure_ceiling(args, name, gpu)
-                service_rows = measure_service(args, name, gpu)
-            else:
-                service_rows = measure_service(args, name, gpu)
-                ceiling_rows = measure_ceiling(args, name, gpu)
-            rounds.append(ceiling_rows + service_rows)
+        sides = ["ceiling", "service"] + (["before"] if args.checkout else [])
+        for r in range(args.rounds):  # the order turns each round: drift hits every side
+            rows = {}
+            for side in sides if r % 2 == 0 else sides[::-1]:
+                if side == "ceiling":
+                    rows[side] = measure_ceiling(args, name, gpu)
+                else:
+                    checkout = args.checkout if side == "before" else None
+                    rows[side] = measure_service(args, name, gpu, checkout)
+            rounds.append([row for side in sides for row in rows[side]])
         results[name] = median_rows(rounds, gpu)
         for r in results[name]:
             busy = (f"{r['server busiest thread']:.2f} / {r['client']:.2f}"
@@ -280,7 +290,11 @@ def median_rows(rounds: list[list[dict]], gpu: bool = False) -> list[dict]:
             ceiling = max(r["items/s"] for r in rows if r["mode"] == RAW_HOST and r["batch"] == 64)
             device = next(r["items/s"] for r in rows if r["mode"] == RAW_DEVICE)
         else:
-            ceiling = max(r["items/s"] for r in rows if r["mode"] != "service" and r["batch"] == 32)
+            ceiling = max(
+                r["items/s"]
+                for r in rows
+                if not r["mode"].startswith("service") and r["batch"] == 32
+            )
         for r in rows:
             r["vs"] = r["items/s"] / ceiling
             r["bound"] = cores * 1000 / r["cpu ms"] / ceiling
