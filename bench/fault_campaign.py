@@ -28,6 +28,9 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from serve_bench import cpu_seconds  # noqa: E402
 
 from embedder.client import EmbedderClient  # noqa: E402
 from embedder.serving.launch import ServeProcess  # noqa: E402
@@ -42,11 +45,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks
 
 
 def http_call(target: str, method: str, path: str, body: bytes = b"", headers=None) -> str:

@@ -27,14 +27,15 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+
+from serve_bench import cpu_seconds  # noqa: E402
 
 from embedder.serving.launch import ServeProcess  # noqa: E402
 from protos.embedder.v1 import embedder_pb2 as pb  # noqa: E402
 from protos.inference.v2 import messages as v2  # noqa: E402
 
 MODEL, TEXT = "tiny_text", "a short sentence to embed"
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def tiny_repo(folder: Path) -> Path:
@@ -72,11 +73,7 @@ def bodies(folder: Path) -> dict[str, tuple[str, Path]]:
 
 
 def process_cpu(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
+    return sum(cpu_seconds(pid) for pid in pids)
 
 
 def load(door: str, target: str, path: str, body: Path, seconds: float, connections: int

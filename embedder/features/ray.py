@@ -8,6 +8,7 @@ node can read the input paths and the model repository.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -21,6 +22,7 @@ from embedder.cache import CacheIdentity, embedding_column
 from embedder.core.errors import EmbedderError
 from embedder.core.inputs import Preprocessor
 from embedder.core.manifest import Manifest
+from embedder.core.processes import children
 from embedder.core.repository import model_folder
 from embedder.core.sources import SourceItem
 from embedder.features.config import FeaturesConfig, Summary, batch_size_for
@@ -139,17 +141,12 @@ def start_local_ray(ray, attempts: int = 2) -> None:
 def stop_ray_children(ray) -> int:
     """Kills this process's children that run from Ray's package (the GCS server, the raylet,
     its monitors) and returns how many; Linux only (/proc), elsewhere none are found."""
-    home, me, stopped = os.path.dirname(ray.__file__), os.getpid(), 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if parent == me and home in command:
-                os.kill(int(stat.parent.name), signal.SIGKILL)
-                stopped += 1
-        except (OSError, ValueError, IndexError):
-            continue  # gone meanwhile, or not ours to read
-    return stopped
+    home = os.path.dirname(ray.__file__)
+    ours = [pid for pid, command in children(os.getpid()) if home in command]
+    for pid in ours:
+        with contextlib.suppress(ProcessLookupError):  # ended meanwhile
+            os.kill(pid, signal.SIGKILL)
+    return len(ours)
 
 
 def export_with_ray(items: list[SourceItem], config: FeaturesConfig) -> Summary:

@@ -89,10 +89,10 @@ def serve_parser() -> argparse.ArgumentParser:
         ("--max-message-bytes", d.max_message_bytes, "largest request or answer, gRPC and HTTP"),
         ("--max-image-pixels", e.max_image_pixels,
          "larger images are refused before decoding (decompression bombs)"),
+        ("--workers", d.workers, "server processes sharing the ports (SO_REUSEPORT) under a "
+         "supervisor that restarts one that dies; 1 suits a CPU serving heavy models, where "
+         "onnxruntime already uses every core"),
     )  # fmt: skip
-    numbers += (("--workers", d.workers, "server processes sharing the ports (SO_REUSEPORT) "
-                 "under a supervisor that restarts one that dies; 1 suits a CPU serving heavy "
-                 "models, where onnxruntime already uses every core"),)  # fmt: skip
     for flag, default, help in numbers:
         p.add_argument(flag, type=type(default), default=default, help=help)
     p.add_argument(

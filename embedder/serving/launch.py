@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from embedder.core.processes import children
+
 SERVE = "from embedder.serving.cli import serve_main; raise SystemExit(serve_main())"
 
 
@@ -39,19 +41,9 @@ class ServeProcess:
         return self.proc.pid
 
     def worker_pids(self) -> list[int]:
-        """With `--workers N`: the worker processes, the supervisor's live children that run
-        the server (multiprocessing may start a resource tracker beside them); Linux only."""
-        found = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                command = (stat.parent / "cmdline").read_bytes()
-            except OSError:  # gone meanwhile
-                continue
-            ours = int(fields[1]) == self.pid and fields[0] != "Z"
-            if ours and b"resource_tracker" not in command:
-                found.append(int(stat.parent.name))
-        return sorted(found)
+        """With `--workers N`: the worker processes, the supervisor's children that run the
+        server (multiprocessing may start a resource tracker beside them); Linux only."""
+        return [pid for pid, command in children(self.pid) if "resource_tracker" not in command]
 
     def stop(self, timeout: float = 60) -> int:
         """SIGTERM (a drain of --drain-seconds), then its exit status; killed after `timeout`."""
