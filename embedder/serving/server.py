@@ -135,12 +135,19 @@ class EmbedderServer:
                 f"cannot listen on {c.address} ({exc}); is another server using the port? "
                 "pick another --address"
             ) from exc
-        await self.server.start()  # health answers NOT_SERVING while models load and warm up
+        # A lone server listens at once and its health answers NOT_SERVING while the models load
+        # and warm up. One of --workers N on shared ports listens only once it can serve: the
+        # kernel would hand it new connections meanwhile, and their calls would fail.
+        ready_first = c.reuse_port
         try:
+            if ready_first:
+                await self._load_and_warm()
+            await self.server.start()
             if c.http_address:
                 self.http = http_door(self.engine, self.config)
                 self.http_port = await self.http.start()
-            await self._load_and_warm()
+            if not ready_first:
+                await self._load_and_warm()
         except BaseException:
             await self.server.stop(None)  # a half-started server must not keep the port
             if self.http:

@@ -20,8 +20,12 @@ from embedder.serving.launch import ServeProcess
 TEXT = "tiny_text"
 
 
-def established_to(pid: int, port: int) -> int:
-    """How many established TCP connections to `port` the process holds."""
+ESTABLISHED, LISTEN = "01", "0A"  # /proc/net/tcp's states
+
+
+def established_to(pid: int, port: int, state: str = ESTABLISHED) -> int:
+    """How many TCP sockets on `port` in `state` the process holds (established connections,
+    by default)."""
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
@@ -34,7 +38,7 @@ def established_to(pid: int, port: int) -> int:
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             f = line.split()
-            if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "01" and f[9] in inodes:
+            if int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == state and f[9] in inodes:
                 count += 1
     return count
 
@@ -98,18 +102,29 @@ def test_a_worker_killed_under_load_is_replaced_and_no_call_hangs(two_workers):
     for t in threads:
         t.start()
     wait_for(lambda: len(outcomes) > 50)
-    before = embed_calls(server.metrics_port)
     os.kill(first[0], signal.SIGKILL)
     wait_for(lambda: len(set(server.worker_pids()) - set(first)) == 1)
     served = len(outcomes)
-    wait_for(lambda: len(outcomes) > served + 50)  # the replacement serves too
+    wait_for(lambda: len(outcomes) > served + 50)  # serving goes on
     stop.set()
     for t in threads:
         t.join(30)
         assert not t.is_alive()
     assert set(outcomes) <= {"ok", "UNAVAILABLE"}, set(outcomes)  # none hung to its deadline
-    assert len(server.worker_pids()) == 2
-    assert embed_calls(server.metrics_port) >= before  # the dead worker's counts are kept
+    workers = server.worker_pids()
+    (replacement,) = set(workers) - set(first)
+    port = int(server.grpc_target.rsplit(":", 1)[1])
+    wait_for(lambda: established_to(replacement, port, LISTEN) > 0)  # once its models are warm
+    with EmbedderClient(server.grpc_target, channels=16) as client:
+        for i in range(16):
+            client.embed_texts(TEXT, [f"text {i}"])
+        assert established_to(replacement, port) > 0  # new connections reach the replacement
+
+    # Nothing in flight now: a worker that dies takes none of its counts with it.
+    before = embed_calls(server.metrics_port)
+    os.kill(replacement, signal.SIGKILL)
+    wait_for(lambda: len(set(server.worker_pids()) - set(workers)) == 1)
+    assert embed_calls(server.metrics_port) == before
 
 
 def test_sigterm_drains_every_worker_within_the_window(tiny_repo):
